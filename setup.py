@@ -60,7 +60,7 @@ setup(
     description="Fast x4 diffusion super-resolution with patch-adaptive group sampling (PatchScaler)",
     packages=find_packages(include=["patchscaler", "patchscaler.*"]) + ["patchscaler.kernels"],
     package_dir={"patchscaler.kernels": "kernels"},
-    package_data={"patchscaler": ["weights/*.safetensors", "weights/*.json", "examples/*.png"]},
+    package_data={"patchscaler": ["weights/*.safetensors", "weights/*.json", "metrics/*.safetensors", "examples/*.png", "examples/*.md"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tqdm"],
     extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "scipy"]},

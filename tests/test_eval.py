@@ -1,0 +1,199 @@
+"""`python -m patchscaler.eval`: protocol numbers on Set5/Set14, CLI behaviour, JSON layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import patchscaler.eval as ev
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # 2 cores shared with training jobs: oversubscribed threads make these tests crawl.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _write_image(path, h, w, seed, grey=False):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 127 + 60 * np.sin(xx / 5.0 + seed) * np.cos(yy / 7.0)
+    arr = np.clip(base[..., None] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr[..., 0] if grey else arr).save(path)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """tmp/mini/HR with two small images (one greyscale, one not a multiple of 4)."""
+    hr = tmp_path / "mini" / "HR"
+    hr.mkdir(parents=True)
+    _write_image(hr / "a.png", 112, 104, 0)
+    _write_image(hr / "b.png", 110, 121, 1, grey=True)
+    return tmp_path / "mini"
+
+
+# --- the published bicubic numbers validate the whole protocol --------------------------------
+
+
+@pytest.mark.parametrize("name, psnr, ssim", [("Set5", 28.42, 0.8104), ("Set14", 26.00, 0.7027)])
+def test_bicubic_reproduces_published_numbers(shared_data, name, psnr, ssim):
+    ds = ev.find_dataset(os.path.join(shared_data, "benchmark", name))
+    r = ev.evaluate([ds], ["bicubic"], scale=4, progress=False)[name]["bicubic"]
+    assert r["images"] == {"Set5": 5, "Set14": 14}[name]
+    assert abs(r["psnr"] - psnr) <= 0.05, r
+    # SSIM implementations differ in the 3rd decimal (BasicSR-style, no MATLAB auto-downsampling).
+    assert abs(r["ssim"] - ssim) <= 0.003, r
+    assert 0 < r["hf_ratio"] < 0.05  # bicubic ×4 has almost nothing above half Nyquist
+
+
+# --- CLI --------------------------------------------------------------------------------
+
+
+def test_cli_json_layout_save_and_limit(image_folder, tmp_path, capsys):
+    out, saved = tmp_path / "out" / "r.json", tmp_path / "sr"
+    rc = ev.main(["--data", str(image_folder), "--method", "bicubic", "--json", str(out),
+                  "--save", str(saved), "--no-progress"])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "mini" in table and "bicubic" in table
+    res = json.loads(out.read_text())
+    assert list(res) == ["mini"] and list(res["mini"]) == ["bicubic"]
+    r = res["mini"]["bicubic"]
+    assert set(r) == {"psnr", "ssim", "niqe", "hf_ratio", "seconds", "images"}
+    assert r["images"] == 2
+    assert 15 < r["psnr"] < 60 and 0 < r["ssim"] < 1 and 0 < r["hf_ratio"] < 1 and r["seconds"] >= 0
+    assert r["niqe"] is not None  # both SR images are >= 96 px after the 4-px crop
+    assert sorted(p.name for p in (saved / "mini" / "bicubic").iterdir()) == ["a.png", "b.png"]
+    assert Image.open(saved / "mini" / "bicubic" / "b.png").size == (120, 108)  # modcropped ×4 size
+
+    # The HR folder itself names the dataset after its parent; --limit takes the first N.
+    rc = ev.main(["--data", str(image_folder / "HR"), "--limit", "1", "--json", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["mini"]["bicubic"]["images"] == 1
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "empty", "unreadable", "tiny"])
+def test_cli_bad_inputs_exit_2_naming_the_path(case, image_folder, tmp_path, capsys):
+    if case == "missing":
+        bad = tmp_path / "nope"
+        data, named = bad, bad
+    elif case == "file":
+        data = named = image_folder / "HR" / "a.png"
+    elif case == "empty":
+        data = named = tmp_path / "empty"
+        data.mkdir()
+    elif case == "tiny":
+        named = image_folder / "HR" / "c.png"
+        _write_image(named, 16, 40, 2)
+        data = image_folder
+    else:
+        # Decision: an unreadable image stops the run (a benchmark that silently skips
+        # images is not comparable with published numbers).
+        named = image_folder / "HR" / "c.png"
+        named.write_bytes(b"this is not a png")
+        data = image_folder
+    out = tmp_path / "r.json"
+    rc = ev.main(["--data", str(data), "--json", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(named) in err
+    assert not out.exists()
+
+
+def test_cli_subprocess_error_has_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "patchscaler.eval", "--data", str(tmp_path / "missing")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "no such folder" in r.stderr
+
+
+def test_cli_unknown_method_is_a_usage_error(image_folder, capsys):
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--data", str(image_folder), "--method", "nonexistent"])
+    assert e.value.code == 2
+    assert "nonexistent" in capsys.readouterr().err
+
+
+# --- method registry ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def identity_method():
+    """A registered method that returns the exact HR-size bicubic plus a counter."""
+    name = "test_counting"
+
+    def factory(scale, device):
+        def run(lr):
+            return ev.bicubic_upscale(lr, scale), {"patch_evals": 3}
+
+        return run
+
+    ev.register_method(name)(factory)
+    yield name
+    del ev._METHODS[name]
+
+
+def test_method_stats_are_summed(image_folder, identity_method):
+    ds = ev.find_dataset(image_folder)
+    res = ev.evaluate([ds], ["bicubic", identity_method], scale=4, progress=False)["mini"]
+    assert res[identity_method]["patch_evals"] == 6.0
+    assert res[identity_method]["psnr"] == pytest.approx(res["bicubic"]["psnr"])
+    assert "patch_evals" not in res["bicubic"]
+    assert identity_method in ev.available_methods()
+    with pytest.raises(ValueError):
+        ev.register_method("bicubic")(lambda s, d: None)
+
+
+def test_confidence_spearman_with_a_stand_in_grm(tmp_path, monkeypatch):
+    """Bicubic error is largest where the LR has strong gradients, so a confidence that
+    falls with the local gradient must correlate negatively with the tile error."""
+    from patchscaler.codec import PixelUnshuffleCodec
+    from patchscaler.models import grm
+
+    # Texture whose strength varies smoothly across the image (flat left, busy right).
+    rng = np.random.default_rng(0)
+    h, w = 96, 128
+    amp = np.linspace(0, 120, w)[None, :, None]
+    arr = np.clip(128 + amp * rng.standard_normal((h, w, 3)), 0, 255).astype(np.uint8)
+    (tmp_path / "tex").mkdir()
+    Image.fromarray(arr).save(tmp_path / "tex" / "t.png")
+
+    class StandIn:
+        codec = PixelUnshuffleCodec(4)
+
+        def __call__(self, lr):
+            y0 = self.codec.encode(ev.bicubic_upscale(lr, 4))
+            gx = (lr[..., :, 1:] - lr[..., :, :-1]).abs().mean(1, keepdim=True)
+            gx = torch.cat([gx, gx[..., -1:]], dim=-1)
+            return y0, torch.exp(-5 * gx)
+
+    monkeypatch.setattr(grm, "load_grm", lambda scale=4, device=None, dtype=None: StandIn())
+    ds = ev.find_dataset(tmp_path / "tex")
+    rho, n = ev.confidence_spearman(ds, scale=4, patch=4, progress=False)
+    assert n == 6 * 8  # (96/4/4) x (128/4/4) latent tiles
+    assert rho < -0.6, rho
+
+
+def test_grm_method_and_confidence_run_on_an_untrained_grm(image_folder, monkeypatch):
+    """Wiring check without shipped weights: an untrained GRM starts as exact bicubic."""
+    from patchscaler.models import grm
+
+    model = grm.GRM(grm.GRMConfig(blocks=1)).eval()
+    monkeypatch.setattr(grm, "load_grm", lambda scale=4, device=None, dtype=None: model)
+    ds = ev.find_dataset(image_folder)
+    res = ev.evaluate([ds], ["bicubic", "grm"], scale=4, progress=False)["mini"]
+    assert res["grm"]["psnr"] == pytest.approx(res["bicubic"]["psnr"], abs=1e-3)
+    rho, n = ev.confidence_spearman(ds, scale=4, progress=False)
+    assert n == 2 * 2 + 2 * 2  # 28x26 and 27x30 latents in 16x16 tiles (edges kept)
+    assert -1.0 <= rho <= 1.0
