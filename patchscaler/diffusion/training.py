@@ -1,0 +1,249 @@
+"""What the diffusion-side training scripts share (`patchscaler.train.texture`, `.rtm`,
+`.dit`, `.calibrate_pgs`): the latent patch pairs they learn from, the train/held-out
+split of the photos, the frozen GRM that makes ``y0``, and run plumbing (log file,
+atomic checkpoints, a wall-clock budget, clean stop on SIGINT/SIGTERM).
+
+Patch pairs. An aligned random crop (LR ``c×c``, HR ``4c×4c``) goes through the frozen
+GRM; the crop's latents ``y0`` (GRM), ``x0`` (codec of the HR crop) and ``C`` are then
+cut into 16×16 patches at least ``margin`` LR pixels from the crop border, so every
+patch's ``y0`` was computed with real image context on all sides, as it is at
+inference on a whole image. Each patch carries its photo's `image_id`, which the DiT
+trainer uses to keep retrieval off the patch's own photo.
+
+Held-out split: a photo is held out when ``image_id % 20 == 0`` (about 5 %, stable
+under adding or removing other files). Held-out photos are used by no trainer and by
+the RTM builder, only by evaluation and PGS calibration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from patchscaler.codec import PixelUnshuffleCodec
+from patchscaler.data.dataset import PairPool, augment
+from patchscaler.models.rtm import image_id
+
+__all__ = [
+    "DEFAULT_DATA",
+    "HELD_OUT_MODULUS",
+    "RunLog",
+    "RunControl",
+    "atomic_save",
+    "split_entries",
+    "load_frozen_grm",
+    "LatentPatchPairs",
+    "add_common_args",
+]
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
+HELD_OUT_MODULUS = 20
+
+
+class RunLog:
+    """Prints timestamped lines and appends them to ``path``."""
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(path, "a", buffering=1)
+
+    def __call__(self, msg: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        print(line, flush=True)
+        self.f.write(line + "\n")
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """`torch.save` to a temporary name, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class RunControl:
+    """Wall-clock budget (``minutes``, None = none), periodic checkpoints, SIGINT/SIGTERM → stop cleanly."""
+
+    def __init__(self, minutes: float | None, ckpt_minutes: float = 5.0):
+        self.t0 = time.time()
+        self.minutes = minutes
+        self.ckpt_seconds = ckpt_minutes * 60
+        self.last_ckpt = time.time()
+        self.signalled = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signalled = True  # finish the current step, checkpoint, exit
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def out_of_time(self) -> bool:
+        return self.signalled or (self.minutes is not None and self.elapsed() >= self.minutes * 60)
+
+    def checkpoint_due(self) -> bool:
+        if time.time() - self.last_ckpt >= self.ckpt_seconds:
+            self.last_ckpt = time.time()
+            return True
+        return False
+
+
+def add_common_args(p, out_default: str) -> None:
+    """Arguments every diffusion-side script takes."""
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="folder of HR training photos (recursive)")
+    p.add_argument("--out", default=out_default, help="run folder (log, checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; checkpoints and stops when spent")
+    p.add_argument("--ckpt-minutes", type=float, default=5.0, help="checkpoint interval")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N photos (tiny smoke runs)")
+    p.add_argument(
+        "--cache", default=None,
+        help="pair-pool cache file (default: runs/cache/pool_x4.pt, shared with the GRM trainer, for the default --data only)",
+    )
+
+
+def open_pool(a, lr_crop: int, log) -> PairPool:
+    """The PairPool of ``a.data`` (cached like the GRM trainer's), limited to ``a.max_images`` photos."""
+    cache = a.cache
+    # The default cache file is shared with the GRM trainer and holds exactly one
+    # folder's pool; a pool of any other folder would overwrite it, so only the
+    # default folder may use it.
+    if cache is None and Path(a.data).resolve() == DEFAULT_DATA.resolve():
+        cache = Path("runs") / "cache" / "pool_x4.pt"
+    pool = PairPool(a.data, scale=4, min_hr_side=4 * lr_crop, cache=cache, log=log)
+    if a.max_images is not None:
+        pool.entries = pool.entries[: a.max_images]
+        pool.names = pool.names[: a.max_images]
+    return pool
+
+
+def split_entries(pool: PairPool) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices into ``pool.entries`` by the rule in the module docstring.
+
+    If no photo falls in the held-out rule (tiny pools), the one with the smallest id is held out.
+    """
+    ids = [image_id(n) for n in pool.names]
+    held = [i for i, v in enumerate(ids) if v % HELD_OUT_MODULUS == 0]
+    if not held and len(ids) > 1:
+        held = [min(range(len(ids)), key=lambda i: ids[i])]
+    train = [i for i in range(len(ids)) if i not in set(held)]
+    return train, held
+
+
+def load_frozen_grm(checkpoint: str | None, device: torch.device | str = "cpu"):
+    """The GRM that makes ``y0`` and ``C``, frozen, in eval mode.
+
+    checkpoint: None → the packaged weights (`load_grm`); a ``.pt`` checkpoint of
+    `patchscaler.train.grm` (its EMA weights); a ``.safetensors`` file with its ``.json``;
+    or "bicubic" → an untrained GRM, which is exactly MATLAB bicubic with C = 0.5
+    (for smoke tests of the pipeline only).
+    """
+    from patchscaler.models.grm import GRM, GRMConfig, load_grm
+
+    if checkpoint is None:
+        return load_grm(4, device=device)
+    if checkpoint == "bicubic":
+        warnings.warn("using an untrained GRM (bicubic y0, C = 0.5): smoke tests only", stacklevel=2)
+        model = GRM(GRMConfig())
+    else:
+        path = Path(checkpoint)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            meta_path = path.with_suffix(".json")
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+            model = GRM(GRMConfig.from_dict(meta.get("config", {})))
+            model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+        else:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+            model = GRM(GRMConfig.from_dict(ck["config"]))
+            model.load_state_dict(ck.get("ema") or ck["model"])
+    return model.to(device).eval().requires_grad_(False)
+
+
+class LatentPatchPairs:
+    """Random latent patch pairs from some photos of a `PairPool` (module docstring).
+
+    ``sample(n_crops, generator)`` → dict of
+      ``y0 [M,48,p,p]`` (GRM), ``x0 [M,48,p,p]`` (codec of HR), ``conf [M,1,p,p]``,
+      ``image_id [M]`` int64, with M = n_crops·per_crop; float32 on ``device``.
+    With ``grm=None`` only ``x0`` and ``image_id`` are made (crops of exactly p LR pixels).
+    Deterministic given the generator's state.
+    """
+
+    def __init__(
+        self,
+        pool: PairPool,
+        entries: list[int],
+        grm=None,
+        lr_crop: int = 48,
+        patch: int = 16,
+        margin: int = 8,
+        device: torch.device | str = "cpu",
+    ):
+        if not entries:
+            raise ValueError("no photos to sample from")
+        self.pool, self.entries, self.grm = pool, list(entries), grm
+        self.patch, self.device = patch, torch.device(device)
+        self.lr_crop = lr_crop if grm is not None else patch
+        self.margin = margin if grm is not None else 0
+        span = self.lr_crop - 2 * self.margin
+        if span < patch:
+            raise ValueError(f"lr_crop {lr_crop} leaves no {patch}-pixel patch inside a {margin}-pixel margin")
+        self.offsets = [self.margin + i * patch for i in range(span // patch)]
+        self.codec = PixelUnshuffleCodec(4)
+        self.ids = torch.tensor([image_id(pool.names[i]) for i in self.entries], dtype=torch.long)
+        c = self.lr_crop
+        w = [max(0, pool.entries[i].lr.shape[1] - c + 1) * max(0, pool.entries[i].lr.shape[2] - c + 1) for i in self.entries]
+        self.weights = torch.tensor(w, dtype=torch.float64)
+        if self.weights.sum() == 0:
+            raise ValueError(f"no photo is large enough for an LR crop of {c}")
+
+    @property
+    def per_crop(self) -> int:
+        return len(self.offsets) ** 2
+
+    def crops(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """``(lr [n,3,c,c], hr [n,3,4c,4c])`` float in [0,1] and ``image_id [n]``."""
+        c = self.lr_crop
+        pick = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        lrs, hrs = [], []
+        for j in pick.tolist():
+            e = self.pool.entries[self.entries[j]]
+            h, w = e.lr.shape[1:]
+            y = int(torch.randint(0, h - c + 1, (1,), generator=generator))
+            x = int(torch.randint(0, w - c + 1, (1,), generator=generator))
+            code = int(torch.randint(0, 8, (1,), generator=generator))
+            lr, hr = augment(e.lr[:, y : y + c, x : x + c], e.hr[:, 4 * y : 4 * (y + c), 4 * x : 4 * (x + c)], code)
+            lrs.append(lr)
+            hrs.append(hr)
+        return torch.stack(lrs).float() / 255.0, torch.stack(hrs).float() / 255.0, self.ids[pick]
+
+    def _cut(self, z: Tensor) -> Tensor:
+        """``[n,C,c,c]`` → ``[n·per_crop, C, p, p]`` (crop-major, then row-major offsets)."""
+        p = self.patch
+        tiles = [z[:, :, y : y + p, x : x + p] for y in self.offsets for x in self.offsets]
+        return torch.stack(tiles, dim=1).flatten(0, 1)
+
+    @torch.no_grad()
+    def sample(self, n_crops: int, generator: torch.Generator) -> dict[str, Tensor]:
+        lr, hr, ids = self.crops(n_crops, generator)
+        out = {"x0": self._cut(self.codec.encode(hr.to(self.device))), "image_id": ids.repeat_interleave(self.per_crop)}
+        if self.grm is not None:
+            y0, conf = self.grm(lr.to(self.device))
+            out["y0"] = self._cut(y0.float())
+            out["conf"] = self._cut(conf.float())
+        return out

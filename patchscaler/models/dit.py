@@ -1,0 +1,379 @@
+"""Patch-DiT: the denoiser of PatchScaler (paper §3.1, SPEC §1.3).
+
+One latent patch at a time::
+
+    concat(y0, y_t) [P, 96, 16, 16] --2×2 patchify--> 64 tokens of width d
+        --depth × [adaLN-Zero self-attention, adaLN-Zero cross-attention to the
+                   texture prompt, adaLN-Zero MLP]  (conditioning c = embed(t))
+        --adaLN final layer, unpatchify--> F [P, 48, 16, 16]
+        --preconditioning around y0--> ε̂ or v̂ (``prediction``) for the DDIM update
+
+Every residual branch is multiplied by a gate regressed from ``c`` whose weights
+start at zero (adaLN-Zero, Peebles & Xie 2023), so each block is the identity at
+initialisation and the output layer gives F = 0: training starts from a stable,
+exactly known function. Attention is `F.scaled_dot_product_attention` (flash /
+memory-efficient kernels on GPU). Patches are independent samples: nothing in the
+model mixes information across the batch, so patches of different groups, images and
+timesteps batch together freely.
+
+Preconditioning around y0 (``anchor_sigma`` = σ, the typical size of ``x0 − y0``).
+The GRM's ``y0`` is already a good estimate of ``x0``; the DiT should only add the
+missing detail. Model ``x0 = y0 + r`` with ``r ~ N(0, σ²)``; then the best linear
+estimate from ``y_t`` and its error std are (with ``a = ᾱ_t``, ``D = aσ² + 1 − a``)::
+
+    anchor = y0 + (σ²·√a / D)·(y_t − √a·y0),      c_out = σ·√((1 − a)/D)
+
+and the network only predicts the normalised remainder: ``x̂0 = anchor + c_out·F``
+(EDM-style preconditioning, Karras et al. 2022, centred on y0 with σ_data = σ). The
+training target ``F* = (x0 − anchor)/c_out`` has unit scale at every t, and an
+untrained or undertrained network (F ≈ 0) already returns the Gaussian-optimal blend
+of y0 and y_t instead of garbage, which matters because the 1-step simple group
+returns essentially this x̂0. ε̂ and v̂ are then the exact conversions of x̂0, written
+in closed forms that stay well-conditioned as t → 0 (see `_output_coefficients`).
+With the preconditioning, ε and v are only the transport format to the DDIM kernel
+(both give the same DDIM update); ``anchor_sigma=None`` gives a plain DiT whose
+output F *is* ε̂ or v̂.
+
+The texture prompt (`SimilarityAwareTextureEncoder`, owned by the DiT because it is
+trained with it) is computed once per patch with `encode_prompt` and reused at every
+denoising step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from patchscaler.diffusion.schedule import make_alphas_cumprod
+from patchscaler.models.texture import SimilarityAwareTextureEncoder
+
+__all__ = ["PatchDiTConfig", "PatchDiT", "DiTBlock", "load_dit", "save_dit", "DEFAULT_DIT_PATH"]
+
+DEFAULT_DIT_PATH = Path(__file__).resolve().parent.parent / "weights" / "dit_x4.safetensors"
+
+
+@dataclass
+class PatchDiTConfig:
+    """Architecture and output settings, stored with the weights.
+
+    ``prediction``: "v" (default) or "eps", what `PatchDiT.forward` returns for the DDIM
+    kernel. ``anchor_sigma``: σ of the preconditioning around y0 (module docstring;
+    the training script measures it as the RMS of x0 − y0); None: plain DiT, F is the
+    prediction. For a plain DiT v is the better choice: the x̂0 it implies,
+    ``√a·y_t − √(1−a)·v̂``, has an error no larger than the v error at every t, whereas
+    from ε the x̂0 error is the ε error times ``√((1−a)/a)``.
+    ``value_dim``/``value_tokens``/``top_k`` must match the RTM the model is used with.
+    """
+
+    latent_channels: int = 48
+    patch_size: int = 2
+    width: int = 192
+    depth: int = 6
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    value_dim: int = 128
+    value_tokens: int = 4
+    top_k: int = 4
+    prediction: str = "v"
+    anchor_sigma: float | None = 0.1
+    schedule: str = "cosine"
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self):
+        if self.prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' or 'v', got {self.prediction!r}")
+        if self.anchor_sigma is not None and not self.anchor_sigma > 0:
+            raise ValueError(f"anchor_sigma must be > 0 or None, got {self.anchor_sigma}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PatchDiTConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Timesteps ``[P]`` (int or float, in [0, T)) → sinusoidal features ``[P, dim]`` float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    ang = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1)
+
+
+def _sincos_pos_embed(dim: int, gh: int, gw: int) -> Tensor:
+    """Fixed 2-D sin-cos position embedding ``[gh·gw, dim]`` (row-major grid), float32."""
+    def one_axis(n: int, d: int) -> Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+        ang = torch.arange(n, dtype=torch.float64)[:, None] * omega[None]
+        return torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)
+
+    eh = one_axis(gh, dim // 2)[:, None, :].expand(gh, gw, dim // 2)
+    ew = one_axis(gw, dim // 2)[None, :, :].expand(gh, gw, dim // 2)
+    return torch.cat([eh, ew], dim=-1).reshape(gh * gw, dim).float()
+
+
+def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class _Attention(nn.Module):
+    """Multi-head attention of ``x [P,N,d]`` over ``ctx [P,L,d]`` (``ctx=None``: self-attention)."""
+
+    def __init__(self, dim: int, heads: int, cross: bool):
+        super().__init__()
+        self.heads = heads
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(dim, dim)
+            self.kv = nn.Linear(dim, 2 * dim)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, ctx: Tensor | None = None) -> Tensor:
+        P, N, d = x.shape
+        hd = d // self.heads
+        if self.cross:
+            q = self.q(x).view(P, N, self.heads, hd).transpose(1, 2)
+            k, v = self.kv(ctx).view(P, ctx.shape[1], 2, self.heads, hd).permute(2, 0, 3, 1, 4)
+        else:
+            q, k, v = self.qkv(x).view(P, N, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v)
+        return self.out(a.transpose(1, 2).reshape(P, N, d))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block: ``x [P,N,d]``, ``c [P,d]``, ``ctx [P,L,d]`` → ``[P,N,d]``.
+
+    Three residual branches (self-attention, cross-attention to the prompt, MLP), each
+    with its LayerNorm shifted/scaled and its output gated by vectors regressed from
+    ``c``. The regression layer is zero-initialised, so every gate is 0 and the block
+    is exactly the identity at initialisation.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = _Attention(dim, heads, cross=False)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.cross = _Attention(dim, heads, cross=True)
+        self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: Tensor, c: Tensor, ctx: Tensor) -> Tensor:
+        s1, m1, g1, s2, m2, g2, s3, m3, g3 = self.ada(c).chunk(9, dim=1)
+        x = x + g1[:, None] * self.attn(_modulate(self.norm1(x), s1, m1))
+        x = x + g2[:, None] * self.cross(_modulate(self.norm2(x), s2, m2), ctx)
+        x = x + g3[:, None] * self.mlp(_modulate(self.norm3(x), s3, m3))
+        return x
+
+
+class PatchDiT(nn.Module):
+    """The Patch-DiT denoiser with its texture-prompt encoder.
+
+    ``forward(y_t, t, y0, prompt)``:
+      * ``y_t``, ``y0``: ``[P, C, h, w]`` latent patches (C = latent_channels = 48, h and w
+        multiples of patch_size; 16×16 by default), any float dtype;
+      * ``t``: ``[P]`` integer timesteps in [0, num_train_timesteps);
+      * ``prompt``: ``[P, L, width]`` from `encode_prompt` (L = top_k·value_tokens).
+    Returns ``[P, C, h, w]`` float32: ε̂ or v̂ according to ``config.prediction``.
+    `net` is the raw network (F); `net_target` its training target; `predict_x0` the x̂0.
+    """
+
+    def __init__(self, config: PatchDiTConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or PatchDiTConfig()
+        d, p, C = cfg.width, cfg.patch_size, cfg.latent_channels
+        self.patch_embed = nn.Conv2d(2 * C, d, kernel_size=p, stride=p)
+        self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
+        self.prompt_encoder = SimilarityAwareTextureEncoder(
+            cfg.value_dim, d, top_k=cfg.top_k, n_tok=cfg.value_tokens, heads=cfg.heads
+        )
+        self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.final = nn.Linear(d, p * p * C)
+        self._pos_cache: dict[tuple[int, int], Tensor] = {}
+        # The ᾱ table is not a buffer: `model.to(torch.float16)` would round it, and
+        # 1 − ᾱ near t = 0 (4e-5) does not survive fp16. It stays float64, per device.
+        self._alphas_cumprod = make_alphas_cumprod(cfg.schedule, cfg.num_train_timesteps, torch.float64)
+        self._alphas_by_device: dict[torch.device, Tensor] = {}
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # As DiT: xavier for the transformer's linear layers, the patch embedding like a
+        # linear layer, small normal for the timestep MLP, zeros for every adaLN regression
+        # and the output layer (the "Zero" in adaLN-Zero).
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.patch_embed.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        for m in self.t_embed:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.ada[1].weight)
+            nn.init.zeros_(blk.ada[1].bias)
+        for m in (self.final_ada[1], self.final):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def prediction(self) -> str:
+        return self.config.prediction
+
+    def _pos_embed(self, gh: int, gw: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        key = (gh, gw)
+        if key not in self._pos_cache:
+            self._pos_cache[key] = _sincos_pos_embed(self.config.width, gh, gw)
+        return self._pos_cache[key].to(device=device, dtype=dtype)
+
+    def encode_prompt(
+        self, values: Tensor | None, scores: Tensor | None, batch: int | None = None, drop: Tensor | None = None
+    ) -> Tensor:
+        """RTM ``values [P,K,n_tok,value_dim]`` + ``scores [P,K]`` → prompt ``[P, L, width]``.
+
+        ``values=None`` (no memory) needs ``batch=P`` and gives the learned "no reference"
+        prompt; ``drop [P]`` bool gives it to selected rows (retrieval dropout in training).
+        """
+        return self.prompt_encoder(values, scores, batch=batch, drop=drop)
+
+    def net(self, y_t: Tensor, t: Tensor, y0: Tensor, prompt: Tensor) -> Tensor:
+        """The raw network output F ``[P, C, h, w]`` (parameter dtype); see the class docstring."""
+        cfg = self.config
+        P, C, h, w = y_t.shape
+        p = cfg.patch_size
+        if y0.shape != y_t.shape or C != cfg.latent_channels or h % p or w % p:
+            raise ValueError(f"y_t {tuple(y_t.shape)} / y0 {tuple(y0.shape)} do not fit {cfg}")
+        gh, gw = h // p, w // p
+        dtype = self.patch_embed.weight.dtype
+        x = self.patch_embed(torch.cat([y0, y_t], dim=1).to(dtype))  # [P,d,gh,gw]
+        x = x.flatten(2).transpose(1, 2) + self._pos_embed(gh, gw, x.device, dtype)
+        c = self.t_embed(timestep_embedding(t.to(x.device), 256).to(dtype))
+        prompt = prompt.to(dtype)
+        for blk in self.blocks:
+            x = blk(x, c, prompt)
+        shift, scale = self.final_ada(c).chunk(2, dim=1)
+        x = self.final(_modulate(self.final_norm(x), shift, scale))  # [P, gh·gw, p·p·C]
+        x = x.view(P, gh, gw, p, p, C).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(P, C, h, w)
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        """The schedule's ᾱ table ``[num_train_timesteps]`` float64 (CPU)."""
+        return self._alphas_cumprod
+
+    def _abar(self, t: Tensor) -> Tensor:
+        """ᾱ at timesteps ``t [P]`` → ``[P,1,1,1]`` float64 on t's device."""
+        table = self._alphas_by_device.get(t.device)
+        if table is None:
+            table = self._alphas_by_device[t.device] = self._alphas_cumprod.to(t.device)
+        return table[t.long()].view(-1, 1, 1, 1)
+
+    def _output_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-patch ``(cy, c0, cf)`` ``[P,1,1,1]`` float32 with prediction = cy·y_t + c0·y0 + cf·F.
+
+        Derived by substituting x̂0 = anchor + c_out·F into ε = (y_t − √a·x̂0)/√(1−a) and
+        v = √a·ε − √(1−a)·x̂0 and cancelling √(1−a) by hand, so no coefficient divides by
+        a vanishing quantity (computed in float64).
+        """
+        a = self._abar(t)
+        s2 = self.config.anchor_sigma**2
+        D = a * s2 + 1 - a
+        r = (1 - a).sqrt() / D
+        if self.config.prediction == "eps":
+            cy, c0, cf = r, -a.sqrt() * r, -(a * s2 / D).sqrt()
+        else:
+            cy, c0, cf = a.sqrt() * (1 - s2) * r, -r, -(s2 / D).sqrt()
+        return cy.float(), c0.float(), cf.float()
+
+    def anchor(self, y_t: Tensor, t: Tensor, y0: Tensor) -> tuple[Tensor, Tensor]:
+        """``(anchor [P,C,h,w], c_out [P,1,1,1])`` float32 of the preconditioning (needs anchor_sigma)."""
+        a = self._abar(t)
+        s2 = self.config.anchor_sigma**2
+        D = a * s2 + 1 - a
+        k = (s2 * a.sqrt() / D).float()
+        c_out = (s2 * (1 - a) / D).sqrt().float()
+        y0f = y0.float()
+        return y0f + k * (y_t.float() - a.sqrt().float() * y0f), c_out
+
+    def net_target(self, x0: Tensor, eps: Tensor, y_t: Tensor, t: Tensor, y0: Tensor) -> Tensor:
+        """What `net` is trained to output for ``y_t = √a·x0 + √(1−a)·eps``: F* = (x0 − anchor)/c_out,
+        or ε / v for a plain DiT. float32 ``[P,C,h,w]``."""
+        if self.config.anchor_sigma is None:
+            a = self._abar(t).float()
+            return eps.float() if self.config.prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * x0
+        anchor, c_out = self.anchor(y_t, t, y0)
+        return (x0.float() - anchor) / c_out
+
+    def output_from_net(self, f: Tensor, y_t: Tensor, t: Tensor, y0: Tensor) -> Tensor:
+        """Network output F → ε̂ or v̂ (float32)."""
+        if self.config.anchor_sigma is None:
+            return f.float()
+        cy, c0, cf = self._output_coefficients(t)
+        return cy * y_t.float() + c0 * y0.float() + cf * f.float()
+
+    def predict_x0(self, y_t: Tensor, t: Tensor, y0: Tensor, prompt: Tensor) -> Tensor:
+        """x̂0 ``[P,C,h,w]`` float32 (for evaluation; sampling goes through `forward`)."""
+        f = self.net(y_t, t, y0, prompt)
+        if self.config.anchor_sigma is not None:
+            anchor, c_out = self.anchor(y_t, t, y0)
+            return anchor + c_out * f.float()
+        a = self._abar(t).float()
+        m = f.float()
+        if self.config.prediction == "eps":
+            return (y_t.float() - (1 - a).sqrt() * m) / a.sqrt()
+        return a.sqrt() * y_t.float() - (1 - a).sqrt() * m
+
+    def forward(self, y_t: Tensor, t: Tensor, y0: Tensor, prompt: Tensor) -> Tensor:
+        return self.output_from_net(self.net(y_t, t, y0, prompt), y_t, t, y0)
+
+
+def save_dit(model: PatchDiT, path: str | os.PathLike, extra_metadata: dict | None = None, half: bool = True) -> None:
+    """Write the model's weights (fp16 if ``half``) and config (JSON in the metadata) as safetensors."""
+    from safetensors.torch import save_file
+
+    sd = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"config": json.dumps(model.config.to_dict()), "format": "patchscaler.PatchDiT"}
+    if extra_metadata:
+        meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra_metadata.items()})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path), metadata=meta)
+
+
+def load_dit(
+    path: str | os.PathLike | None = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> PatchDiT:
+    """Load a `PatchDiT` saved by `save_dit` (default: the packaged ``weights/dit_x4.safetensors``), in eval mode."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else DEFAULT_DIT_PATH
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Patch-DiT weights not found at {path}; train them with `python -m patchscaler.train.dit`"
+        )
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    model = PatchDiT(PatchDiTConfig.from_dict(json.loads(meta["config"])))
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return model.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,291 @@
+"""Patch-adaptive Group Sampling (paper §3.2, SPEC §1.2 and §2) and the uniform baseline.
+
+Per latent patch ``p`` with coarse latent ``y0[p]`` and mean GRM confidence ``q[p]``
+(the "Qmap", `patch_qmap`):
+
+1. group by thresholds γ1 > γ2: simple ``q > γ1``, medium ``γ2 < q ≤ γ1``, hard ``q ≤ γ2``;
+   group ``g`` has a start timestep and a step count ``(T_g, N_g)``;
+2. shortcut start ``y_T = sqrt(ᾱ_T)·y0 + sqrt(1−ᾱ_T)·ε`` (`shortcut_noise`), with ε drawn
+   from the patch's own seed, so a patch's result never depends on which other patches
+   share its batch;
+3. ``N_g`` DDIM (η = 0) steps along `ddim_timesteps(T_g, N_g)` to x̂0.
+
+The ragged scheduler runs every group in one loop. At global iteration ``j`` the active
+set is every patch with ``N_g > j`` (from any group, any image); it is cut into chunks
+of at most ``max_batch_patches``, the denoiser runs once per chunk, and
+`group_denoise_step` applies each patch's own DDIM update (its own ``t`` and
+``t_next``) in place in the state of all patches. Total work is
+``Σ_g |G_g|·N_g`` patch-evaluations, against ``P·N_3`` for `UniformSampler`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
+from patchscaler.diffusion.schedule import NUM_TRAIN_TIMESTEPS, ddim_timesteps, make_alphas_cumprod
+from patchscaler.sampling.denoiser import PatchDenoiser
+
+__all__ = [
+    "PGSConfig",
+    "PGSOutput",
+    "PGSSampler",
+    "UniformSampler",
+    "DEFAULT_PGS_CONFIG_PATH",
+    "assign_groups",
+    "patch_qmap",
+    "derive_seeds",
+    "patch_noise",
+]
+
+DEFAULT_PGS_CONFIG_PATH = Path(__file__).resolve().parent.parent / "weights" / "pgs_config.json"
+
+SIMPLE, MEDIUM, HARD = 0, 1, 2
+GROUP_NAMES = ("simple", "medium", "hard")
+
+
+@dataclass
+class PGSConfig:
+    """Sampler settings. Written by `python -m patchscaler.train.calibrate_pgs` to
+    ``weights/pgs_config.json`` (with the measured trade-off in ``calibration``);
+    the defaults below are SPEC §2's starting points, used when that file is absent.
+
+    gammas: (γ1, γ2), γ1 > γ2, thresholds on a patch's mean confidence in [0, 1].
+    groups: ((T1, N1), (T2, N2), (T3, N3)) for simple, medium, hard; T1 < T2 < T3 and
+        N1 ≤ N2 ≤ N3 (the sampler accepts any values; calibration enforces the order).
+    prediction: "eps"/"v" to insist on a model type, None to take the denoiser's.
+    clip_x0: clamp each step's x̂0 to [−clip_x0, clip_x0] (the latent of an image in
+        [0, 1] lies in [−1, 1]); None: no clamp.
+    """
+
+    gammas: tuple[float, float] = (0.7, 0.4)
+    groups: tuple[tuple[int, int], ...] = ((150, 1), (350, 4), (600, 12))
+    prediction: str | None = None
+    clip_x0: float | None = 1.0
+    schedule: str = "cosine"
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+    calibration: dict | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        self.gammas = tuple(float(g) for g in self.gammas)
+        self.groups = tuple((int(t), int(n)) for t, n in self.groups)
+        if len(self.gammas) != 2 or not self.gammas[0] > self.gammas[1]:
+            raise ValueError(f"gammas must be (γ1, γ2) with γ1 > γ2, got {self.gammas}")
+        if len(self.groups) != 3:
+            raise ValueError(f"groups must be three (T, N) pairs (simple, medium, hard), got {self.groups}")
+        for t, n in self.groups:
+            if not 0 <= t < self.num_train_timesteps:
+                raise ValueError(f"start timestep {t} outside [0, {self.num_train_timesteps})")
+            ddim_timesteps(t, n)  # validates n
+        if self.prediction not in (None, "eps", "v"):
+            raise ValueError(f"prediction must be None, 'eps' or 'v', got {self.prediction!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["gammas"] = list(self.gammas)
+        d["groups"] = [list(g) for g in self.groups]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PGSConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, path: str | os.PathLike = DEFAULT_PGS_CONFIG_PATH) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> "PGSConfig":
+        """From ``path``, else from the packaged ``weights/pgs_config.json`` when it exists, else defaults."""
+        if path is None:
+            if not DEFAULT_PGS_CONFIG_PATH.is_file():
+                return cls()
+            path = DEFAULT_PGS_CONFIG_PATH
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class PGSOutput:
+    """What a sampler returns. Unpacks as ``x0, group, steps = sampler(...)``.
+
+    x0: ``[P,C,h,w]`` float32 denoised latent patches; group: ``[P]`` int64 (0 simple,
+    1 medium, 2 hard); steps: ``[P]`` int64 DDIM steps taken per patch;
+    evaluations: patch-evaluations of the denoiser actually run (= steps.sum());
+    dit_calls: denoiser forward calls (chunks); iterations: global loop iterations.
+    """
+
+    x0: Tensor
+    group: Tensor
+    steps: Tensor
+    evaluations: int
+    dit_calls: int
+    iterations: int
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.x0, self.group, self.steps))
+
+
+def assign_groups(qmap: Tensor, gammas: tuple[float, float]) -> Tensor:
+    """Mean confidence per patch ``[P]`` → group ``[P]`` int64: 0 if q > γ1, 1 if γ2 < q ≤ γ1, 2 if q ≤ γ2."""
+    g1, g2 = gammas
+    q = qmap.float()
+    group = torch.full(q.shape, HARD, dtype=torch.long, device=q.device)
+    group[q > g2] = MEDIUM
+    group[q > g1] = SIMPLE
+    return group
+
+
+def patch_qmap(confidence: Tensor, origins: Tensor, ph: int, pw: int) -> Tensor:
+    """The Qmap: ``confidence [B,1,H,W]`` + patch ``origins [P,3]`` (b, y, x) → mean C per patch ``[P]`` float32."""
+    patches = torch.ops.patchscaler.gather_patches(confidence.float().contiguous(), origins, ph, pw)
+    return patches.mean(dim=(1, 2, 3))
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def derive_seeds(base_seed: int, keys: Tensor | Sequence[Sequence[int]]) -> Tensor:
+    """One 63-bit seed per patch ``[P]`` int64 from a base seed and integer keys ``[P, k]``.
+
+    Use keys that identify a patch independently of batching, e.g. (image index, y, x)
+    of its origin: the same patch then gets the same noise in any batch, order or chunking.
+    """
+    rows = keys.tolist() if isinstance(keys, Tensor) else [list(r) for r in keys]
+    out = []
+    for row in rows:
+        h = _splitmix64(int(base_seed) & _MASK64)
+        for v in (row if isinstance(row, (list, tuple)) else [row]):
+            h = _splitmix64(h ^ (int(v) & _MASK64))
+        out.append(h >> 1)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def patch_noise(
+    shape: Sequence[int],
+    seeds: Tensor | Sequence[int] | None = None,
+    generators: Sequence[torch.Generator] | None = None,
+) -> Tensor:
+    """Standard normal noise ``[P, *shape]`` float32 on the CPU, row ``p`` from its own seed or generator.
+
+    Drawn on the CPU whatever the compute device, so results also match across devices.
+    """
+    if generators is not None:
+        gens = list(generators)
+    else:
+        gens = [torch.Generator().manual_seed(int(s)) for s in (seeds.tolist() if isinstance(seeds, Tensor) else seeds)]
+    if not gens:
+        return torch.zeros(0, *shape)
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in gens])
+
+
+class PGSSampler:
+    """Patch-adaptive group sampler with the ragged scheduler (module docstring).
+
+    ``__call__(y0_patches [P,C,h,w], qmap [P], seeds=..., max_batch_patches=256) -> PGSOutput``
+
+    seeds: ``[P]`` int64 (or a list) per-patch seeds; or an int base seed, from which
+    patch ``p`` gets ``derive_seeds(seed, [[p]])`` (then the noise depends on the patch's
+    position in the call: pass per-patch seeds for batch-independent results);
+    generators: instead of seeds, one `torch.Generator` per patch.
+    progress: called with the number of patch-evaluations after each denoiser call.
+    """
+
+    def __init__(self, denoiser: PatchDenoiser, config: PGSConfig | None = None, alphas_cumprod: Tensor | None = None):
+        self.denoiser = denoiser
+        self.config = config = config if config is not None else PGSConfig.load()
+        if config.prediction is not None and config.prediction != denoiser.prediction:
+            raise ValueError(f"config wants prediction {config.prediction!r}, the denoiser makes {denoiser.prediction!r}")
+        if alphas_cumprod is None:
+            alphas_cumprod = make_alphas_cumprod(config.schedule, config.num_train_timesteps, dtype=torch.float64)
+        self.alphas_cumprod = alphas_cumprod
+
+    def assign_groups(self, qmap: Tensor) -> Tensor:
+        """``[P]`` mean confidence → ``[P]`` int64 group."""
+        return assign_groups(qmap, self.config.gammas)
+
+    def _timestep_table(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(t_start [G], n_steps [G], table [G, maxN+1]): row g is the group's DDIM timesteps then −1 (x̂0)."""
+        groups = self.config.groups
+        width = max(n for _, n in groups) + 1
+        table = torch.full((len(groups), width), -1, dtype=torch.long)
+        for g, (t0, n) in enumerate(groups):
+            table[g, :n] = torch.tensor(ddim_timesteps(t0, n))
+        t_start = torch.tensor([t for t, _ in groups], dtype=torch.long)
+        n_steps = torch.tensor([n for _, n in groups], dtype=torch.long)
+        return t_start.to(device), n_steps.to(device), table.to(device)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        y0_patches: Tensor,
+        qmap: Tensor,
+        seeds: Tensor | Sequence[int] | int | None = 0,
+        generators: Sequence[torch.Generator] | None = None,
+        max_batch_patches: int = 256,
+        progress: Callable[[int], None] | None = None,
+    ) -> PGSOutput:
+        if y0_patches.dim() != 4 or qmap.shape != (y0_patches.shape[0],):
+            raise ValueError(f"need y0_patches [P,C,h,w] and qmap [P], got {tuple(y0_patches.shape)}, {tuple(qmap.shape)}")
+        if max_batch_patches < 1:
+            raise ValueError(f"max_batch_patches must be >= 1, got {max_batch_patches}")
+        P = y0_patches.shape[0]
+        device = y0_patches.device
+        group = self.assign_groups(qmap.to(device))
+        t_start, n_steps, table = self._timestep_table(device)
+        steps = n_steps[group]
+        if P == 0:
+            return PGSOutput(y0_patches.float().clone(), group, steps, 0, 0, 0)
+
+        if generators is None and (seeds is None or isinstance(seeds, int)):
+            seeds = derive_seeds(seeds or 0, torch.arange(P)[:, None])
+        elif generators is None and len(seeds) != P:
+            raise ValueError(f"need one seed per patch ({P}), got {len(seeds)}")
+        elif generators is not None and len(generators) != P:
+            raise ValueError(f"need one generator per patch ({P}), got {len(generators)}")
+        noise = patch_noise(y0_patches.shape[1:], seeds, generators).to(device)
+
+        ac = self.alphas_cumprod.to(device)
+        # The state of every patch stays float32 whatever the model's dtype: it is
+        # updated in place N times and fp16 rounding would accumulate.
+        x_all = torch.ops.patchscaler.shortcut_noise(y0_patches.float().contiguous(), noise, t_start[group], ac)
+        cond = self.denoiser.condition(y0_patches)
+        prediction = self.denoiser.prediction
+        clip = self.config.clip_x0
+
+        evaluations = dit_calls = 0
+        iterations = int(steps.max())
+        for j in range(iterations):
+            active = torch.nonzero(steps > j).squeeze(1)
+            for idx in active.split(max_batch_patches):
+                g = group[idx]
+                t, t_next = table[g, j], table[g, j + 1]
+                out = self.denoiser(x_all[idx], t, {k: v[idx] for k, v in cond.items()})
+                torch.ops.patchscaler.group_denoise_step(x_all, out, idx, t, t_next, ac, prediction, clip)
+                evaluations += idx.numel()
+                dit_calls += 1
+                if progress is not None:
+                    progress(idx.numel())
+        return PGSOutput(x_all, group, steps, evaluations, dit_calls, iterations)
+
+
+class UniformSampler(PGSSampler):
+    """The baseline: every patch is "hard" — N3 DDIM steps from T3 — whatever its confidence.
+    Same call signature and output as `PGSSampler` (``group`` is 2 everywhere)."""
+
+    def assign_groups(self, qmap: Tensor) -> Tensor:
+        return torch.full(qmap.shape, HARD, dtype=torch.long, device=qmap.device)

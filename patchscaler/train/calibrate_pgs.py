@@ -1,0 +1,219 @@
+"""Calibrate Patch-adaptive Group Sampling: thresholds γ1, γ2 and (T_i, N_i) per group.
+
+    python -m patchscaler.train.calibrate_pgs                  # → patchscaler/weights/pgs_config.json
+    python -m patchscaler.train.calibrate_pgs --crops 128 --fractions 0.4,0.35,0.25
+
+On latent patches of held-out photos (never seen by the GRM, texture, RTM or DiT
+trainers, see `patchscaler.diffusion.training`), with the frozen GRM, DiT and RTM:
+
+1. Thresholds from confidence quantiles: with group shares ``--fractions``
+   (simple, medium, hard), γ1 is the (1 − f_simple) quantile of the Qmap (mean
+   confidence per patch) and γ2 its f_hard quantile.
+2. Per-group sweep: every candidate (T, N) of the group's grid denoises the group's
+   patches. Score (dB) = PSNR of the decoded 64×64 patches − ``--hf-weight`` ×
+   |log2 HF-ratio| (HF ratio: SR vs HR luma energy above half Nyquist, energy-weighted
+   over the group's patches), which rewards fidelity and penalises both missing and
+   invented detail. The cheapest candidate (fewest steps, then lowest T) within
+   ``--tolerance`` dB of the group's best is chosen; groups are chosen simple →
+   medium → hard keeping T1 < T2 < T3 and N1 ≤ N2 ≤ N3.
+3. Trade-off: PGS with the chosen config against the uniform baseline (every patch
+   N3 steps from T3) on all patches, in one run: patch-evaluations and wall time of
+   each, PSNR / HF ratio of both and of the GRM alone. Written into the config's
+   ``calibration`` field together with the sweep table.
+
+Sweep results are saved as they finish (OUT/sweep.json) and reused by ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
+from patchscaler.codec import PixelUnshuffleCodec
+from patchscaler.diffusion.training import (
+    LatentPatchPairs,
+    RunControl,
+    RunLog,
+    add_common_args,
+    load_frozen_grm,
+    open_pool,
+    split_entries,
+)
+from patchscaler.metrics.hf_ratio import hf_energy
+from patchscaler.metrics.ycbcr import y_channel
+from patchscaler.models.dit import DEFAULT_DIT_PATH, load_dit
+from patchscaler.models.rtm import DEFAULT_RTM_PATH, load_rtm
+from patchscaler.sampling.denoiser import DiTDenoiser
+from patchscaler.sampling.pgs import DEFAULT_PGS_CONFIG_PATH, GROUP_NAMES, PGSConfig, PGSSampler, UniformSampler
+
+DEFAULT_GRIDS = (
+    "100:1,150:1,150:2,200:2",
+    "250:2,300:3,350:4,350:6",
+    "450:6,600:8,600:12,600:15",
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m patchscaler.train.calibrate_pgs", description=__doc__.split("\n")[0])
+    add_common_args(p, "runs/calibrate_pgs")
+    p.add_argument("--grm-checkpoint", default=None, help="GRM .pt/.safetensors (default: packaged weights; 'bicubic' for smoke tests)")
+    p.add_argument("--dit", default=str(DEFAULT_DIT_PATH))
+    p.add_argument("--rtm", default=str(DEFAULT_RTM_PATH), help="texture memory; 'none' for the no-reference prompt")
+    p.add_argument("--crops", type=int, default=96, help="held-out LR crops (4 patches each at the default sizes)")
+    p.add_argument("--lr-crop", type=int, default=48)
+    p.add_argument("--fractions", default="0.4,0.35,0.25", help="target shares of simple, medium, hard patches")
+    p.add_argument("--grid-simple", default=DEFAULT_GRIDS[0], help="candidates T:N,...")
+    p.add_argument("--grid-medium", default=DEFAULT_GRIDS[1])
+    p.add_argument("--grid-hard", default=DEFAULT_GRIDS[2])
+    p.add_argument("--hf-weight", type=float, default=1.0, help="dB of score per octave of HF-energy error")
+    p.add_argument("--tolerance", type=float, default=0.1, help="dB below the group's best still accepted")
+    p.add_argument("--batch", type=int, default=256, help="max patches per DiT call")
+    p.add_argument("--export-to", default=str(DEFAULT_PGS_CONFIG_PATH))
+    return p.parse_args(argv)
+
+
+def _grid(spec: str) -> list[tuple[int, int]]:
+    return [tuple(int(v) for v in item.split(":")) for item in spec.split(",") if item]
+
+
+def quality(x0_hat: torch.Tensor, x0: torch.Tensor, codec: PixelUnshuffleCodec) -> dict:
+    """PSNR (dB, RGB in [0,1], mean MSE over patches) and energy-weighted HF ratio of latent patches."""
+    sr = codec.decode(x0_hat.float()).clamp(0, 1)
+    hr = codec.decode(x0.float()).clamp(0, 1)
+    mse = float((sr - hr).square().mean())
+    e_sr = sum(hf_energy(y_channel(s)) for s in sr)
+    e_hr = sum(hf_energy(y_channel(h)) for h in hr)
+    return {
+        "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+        "hf_ratio": e_sr / e_hr if e_hr > 0 else 1.0,
+    }
+
+
+def score(q: dict, hf_weight: float) -> float:
+    return q["psnr"] - hf_weight * abs(math.log2(max(q["hf_ratio"], 1e-6)))
+
+
+def calibrate(a) -> None:
+    out = Path(a.out)
+    log = RunLog(out / "calibrate.log")
+    torch.set_num_threads(a.threads)
+    ctl = RunControl(a.minutes, a.ckpt_minutes)
+    device = torch.device(a.device)
+    log(f"calibrating PGS: args={vars(a)}")
+
+    pool = open_pool(a, a.lr_crop, log)
+    _, held_idx = split_entries(pool)
+    grm = load_frozen_grm(a.grm_checkpoint, device)
+    held = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, device=device)
+    data = held.sample(a.crops, torch.Generator().manual_seed(a.seed))
+    y0, x0 = data["y0"], data["x0"]
+    qmap = data["conf"].mean(dim=(1, 2, 3))
+    P = y0.shape[0]
+    seeds = torch.arange(P, dtype=torch.long) + 1_000_003 * a.seed
+    log(f"{P} held-out patches from {len(held_idx)} photos; Qmap mean {float(qmap.mean()):.4f} "
+        f"quantiles 10/50/90% {[round(float(v), 4) for v in qmap.quantile(torch.tensor([0.1, 0.5, 0.9]))]}")
+
+    fr = [float(v) for v in a.fractions.split(",")]
+    if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) < 0:
+        raise ValueError(f"--fractions must be three shares summing to 1, got {a.fractions}")
+    g1 = float(qmap.quantile(1 - fr[0]))
+    g2 = float(qmap.quantile(fr[2]))
+    if not g1 > g2:  # a degenerate Qmap (e.g. constant confidence): keep the thresholds ordered
+        g1, g2 = g2 + 1e-6, g2
+    log(f"thresholds γ1={g1:.4f} γ2={g2:.4f}")
+
+    dit = load_dit(a.dit, device=device)
+    rtm = None if a.rtm == "none" else load_rtm(a.rtm, device=device)
+    denoiser = DiTDenoiser(dit, rtm)
+    codec = PixelUnshuffleCodec(4)
+    base = PGSConfig(gammas=(g1, g2))
+    group = PGSSampler(denoiser, base).assign_groups(qmap)
+
+    sweep_path = out / "sweep.json"
+    sweep = json.loads(sweep_path.read_text()) if a.resume and sweep_path.is_file() else {}
+    grids = [_grid(a.grid_simple), _grid(a.grid_medium), _grid(a.grid_hard)]
+    chosen: list[tuple[int, int]] = []
+    for g, grid in enumerate(grids):
+        members = torch.nonzero(group == g).squeeze(1)
+        name = GROUP_NAMES[g]
+        if members.numel() == 0:
+            log(f"{name}: no patches; keeping the default {base.groups[g]}")
+            chosen.append(base.groups[g])
+            continue
+        rows = []
+        for T, N in grid:
+            key = f"{name}:{T}:{N}"
+            if key not in sweep:
+                if ctl.out_of_time():
+                    log("time budget spent during the sweep; rerun with --resume")
+                    return
+                cfg = PGSConfig(gammas=(g1, g2), groups=(base.groups[0], base.groups[1], (T, N)))
+                t0 = time.time()
+                res = UniformSampler(denoiser, cfg)(y0[members], qmap[members], seeds[members], max_batch_patches=a.batch)
+                sweep[key] = {**quality(res.x0, x0[members], codec), "seconds": time.time() - t0,
+                              "evaluations": res.evaluations, "patches": int(members.numel())}
+                sweep_path.parent.mkdir(parents=True, exist_ok=True)
+                sweep_path.write_text(json.dumps(sweep, indent=1))
+            r = sweep[key]
+            rows.append((T, N, score(r, a.hf_weight), r))
+            log(f"{name} T={T} N={N}: psnr {r['psnr']:.3f} hf {r['hf_ratio']:.3f} score {rows[-1][2]:.3f} "
+                f"({r['evaluations']} evals, {r['seconds']:.1f}s)")
+        y0q = quality(y0[members], x0[members], codec)
+        log(f"{name}: GRM alone psnr {y0q['psnr']:.3f} hf {y0q['hf_ratio']:.3f} score {score(y0q, a.hf_weight):.3f}")
+        prev_T, prev_N = chosen[-1] if chosen else (-1, 0)
+        ok = [row for row in rows if row[0] > prev_T and row[1] >= prev_N] or rows
+        best = max(row[2] for row in ok)
+        pick = min((row for row in ok if row[2] >= best - a.tolerance), key=lambda row: (row[1], row[0]))
+        chosen.append((pick[0], pick[1]))
+        log(f"{name}: chose T={pick[0]} N={pick[1]} (score {pick[2]:.3f}, best {best:.3f})")
+
+    # Fix the ordering if an empty group kept a default that breaks it.
+    for g in (1, 2):
+        if not (chosen[g][0] > chosen[g - 1][0] and chosen[g][1] >= chosen[g - 1][1]):
+            chosen[g] = (max(chosen[g][0], chosen[g - 1][0] + 1), max(chosen[g][1], chosen[g - 1][1]))
+    cfg = PGSConfig(gammas=(g1, g2), groups=tuple(chosen), prediction=None)
+
+    results = {}
+    for label, sampler in (("pgs", PGSSampler(denoiser, cfg)), ("uniform", UniformSampler(denoiser, cfg))):
+        t0 = time.time()
+        res = sampler(y0, qmap, seeds, max_batch_patches=a.batch)
+        results[label] = {**quality(res.x0, x0, codec), "seconds": round(time.time() - t0, 3),
+                          "evaluations": res.evaluations, "dit_calls": res.dit_calls}
+    results["grm"] = quality(y0, x0, codec)
+    sizes = torch.bincount(group, minlength=3).tolist()
+    calibration = {
+        "patches": P,
+        "held_out_photos": len(held_idx),
+        "group_sizes": dict(zip(GROUP_NAMES, sizes)),
+        "fractions_target": dict(zip(GROUP_NAMES, fr)),
+        "evaluation_ratio_uniform_over_pgs": results["uniform"]["evaluations"] / max(1, results["pgs"]["evaluations"]),
+        "time_ratio_uniform_over_pgs": results["uniform"]["seconds"] / max(1e-9, results["pgs"]["seconds"]),
+        "results": results,
+        "score": f"PSNR(dB, RGB 64x64 patches) - {a.hf_weight} x |log2 HF ratio|",
+        "sweep": sweep,
+        "dit": str(a.dit),
+        "rtm": str(a.rtm),
+        "device": str(device),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    cfg.calibration = calibration
+    cfg.save(a.export_to)
+    log(f"PGS {cfg.groups} γ={cfg.gammas}: {results['pgs']} vs uniform {results['uniform']} vs GRM {results['grm']}")
+    log(f"uniform/PGS: {calibration['evaluation_ratio_uniform_over_pgs']:.2f}x evaluations, "
+        f"{calibration['time_ratio_uniform_over_pgs']:.2f}x time; wrote {a.export_to}")
+
+
+def main(argv=None) -> int:
+    calibrate(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

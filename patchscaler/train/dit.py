@@ -1,0 +1,260 @@
+"""Train the Patch-DiT (with its similarity-aware texture encoder) on latent patch pairs.
+
+    python -m patchscaler.train.dit --minutes 600 --device cuda       # → runs/dit
+    python -m patchscaler.train.dit --resume --minutes 120            # continue exactly
+    python -m patchscaler.train.dit --export                          # → patchscaler/weights/dit_x4.safetensors
+
+Data: ``(y0, x0)`` latent patch pairs, ``y0`` from the frozen GRM (``--grm-checkpoint``
+or the packaged weights), ``x0`` the codec latent of the HR crop (see
+`patchscaler.diffusion.training`). Objective: the usual denoising loss at
+``t ~ U{0..T3}`` only (inference never starts above T3, SPEC §2), on
+``y_t = sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε``, with target ε or ``v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0``
+(``--prediction``), learned through the preconditioning around ``y0`` of
+`patchscaler.models.dit` (``--anchor-sigma``; "auto" = RMS of x0 − y0 on held-out
+patches, measured at the start of a run). The texture prompt comes from the RTM (``--rtm``, built by
+`patchscaler.train.rtm`): query = frozen texture encoder of ``y0``, top-K retrieval
+**excluding the training patch's own photo** (otherwise the model learns to copy a
+reference that at test time does not exist), and with probability ``--drop-prompt``
+the "no reference" prompt instead. The memory's keys and values are frozen.
+
+Validation (held-out photos, fixed noise): loss at t = T1, T2, T3 and the latent MSE
+of the model's one-step x̂0 from each t next to the MSE of ``y0`` itself (the DiT is
+only useful where it beats ``y0`` or adds plausible detail at a small MSE cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
+from patchscaler.diffusion.schedule import make_alphas_cumprod
+from patchscaler.diffusion.training import (
+    LatentPatchPairs,
+    RunControl,
+    RunLog,
+    add_common_args,
+    atomic_save,
+    load_frozen_grm,
+    open_pool,
+    split_entries,
+)
+from patchscaler.models.dit import DEFAULT_DIT_PATH, PatchDiT, PatchDiTConfig, save_dit
+from patchscaler.models.rtm import DEFAULT_RTM_PATH, load_rtm
+from patchscaler.sampling.pgs import PGSConfig
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    pgs = PGSConfig.load()
+    p = argparse.ArgumentParser(prog="python -m patchscaler.train.dit", description=__doc__.split("\n")[0])
+    add_common_args(p, "runs/dit")
+    p.add_argument("--grm-checkpoint", default=None, help="GRM .pt/.safetensors (default: packaged weights; 'bicubic' for smoke tests)")
+    p.add_argument("--rtm", default=str(DEFAULT_RTM_PATH), help="texture memory; 'none' trains without references")
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--prediction", choices=["v", "eps"], default="v")
+    p.add_argument("--anchor-sigma", default="auto", help="σ of the preconditioning around y0: a number, 'auto' or 'none'")
+    p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--t-max", type=int, default=pgs.groups[-1][0], help="largest training timestep (T3)")
+    p.add_argument("--steps", type=int, default=200_000)
+    p.add_argument("--crops", type=int, default=16, help="LR crops per batch (4 patches each at the default sizes)")
+    p.add_argument("--lr-crop", type=int, default=48)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--ema", type=float, default=0.9999)
+    p.add_argument("--drop-prompt", type=float, default=0.1, help="probability of the 'no reference' prompt")
+    p.add_argument("--amp", choices=["none", "bf16"], default=None, help="autocast (default: bf16 on CUDA, none on CPU)")
+    p.add_argument("--val-patches", type=int, default=256)
+    p.add_argument("--val-every", type=int, default=2000)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--export", action="store_true", help="export OUT/last.pt's EMA weights and exit")
+    p.add_argument("--export-to", default=str(DEFAULT_DIT_PATH))
+    return p.parse_args(argv)
+
+
+class PromptSource:
+    """Per-batch texture prompt inputs: (values, scores) from the RTM with own-photo exclusion, or None."""
+
+    def __init__(self, rtm, top_k: int):
+        self.rtm, self.top_k = rtm, top_k
+
+    @torch.no_grad()
+    def __call__(self, y0: torch.Tensor, image_ids: torch.Tensor):
+        if self.rtm is None:
+            return None, None
+        values, scores = self.rtm.query(y0, self.top_k, exclude_image_ids=image_ids)
+        return values, scores
+
+
+def export(a, log) -> None:
+    ck = torch.load(Path(a.out) / "last.pt", map_location="cpu", weights_only=False)
+    model = PatchDiT(PatchDiTConfig.from_dict(ck["config"]))
+    model.load_state_dict(ck["ema"])
+    save_dit(model, a.export_to, extra_metadata={"step": ck["step"], "val": ck.get("val", {}), "rtm": ck["args"].get("rtm")})
+    log(f"exported EMA weights of step {ck['step']} -> {a.export_to} (val {ck.get('val')})")
+
+
+def train(a) -> None:
+    out = Path(a.out)
+    log = RunLog(out / "train.log")
+    if a.export:
+        export(a, log)
+        return
+    torch.set_num_threads(a.threads)
+    ctl = RunControl(a.minutes, a.ckpt_minutes)
+    device = torch.device(a.device)
+    amp = a.amp or ("bf16" if device.type == "cuda" else "none")
+
+    rtm = None
+    if a.rtm != "none":
+        rtm = load_rtm(a.rtm, device=device)
+        if rtm.image_ids is None:
+            raise ValueError(f"{a.rtm} has no image ids: cannot exclude the training photo from retrieval")
+
+    ck = None
+    if a.resume and (out / "last.pt").is_file():
+        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        cfg = PatchDiTConfig.from_dict(ck["config"])
+        log(f"resuming from {out / 'last.pt'} at step {ck['step']}")
+    else:
+        cfg = None  # made once the held-out patches are there (anchor_sigma="auto" measures on them)
+
+    pool = open_pool(a, a.lr_crop, log)
+    train_idx, held_idx = split_entries(pool)
+    grm = load_frozen_grm(a.grm_checkpoint, device)
+    pairs = LatentPatchPairs(pool, train_idx, grm, lr_crop=a.lr_crop, device=device)
+    held = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, device=device)
+    log(f"photos: {len(train_idx)} train, {len(held_idx)} held out; batch {a.crops * pairs.per_crop} patches")
+    vgen = torch.Generator().manual_seed(12345)
+    val = held.sample(-(-a.val_patches // held.per_crop), vgen)
+    val["eps"] = torch.randn(val["x0"].shape, generator=vgen).to(device)
+
+    if cfg is None:
+        n_tok, v_dim = rtm.value_shape if rtm is not None else (4, 128)
+        if a.anchor_sigma == "auto":
+            sigma = round(float((val["x0"] - val["y0"]).square().mean().sqrt()), 4)
+            log(f"anchor_sigma = RMS(x0 - y0) on {val['x0'].shape[0]} held-out patches = {sigma}")
+        else:
+            sigma = None if a.anchor_sigma == "none" else float(a.anchor_sigma)
+        cfg = PatchDiTConfig(
+            width=a.width, depth=a.depth, heads=a.heads, prediction=a.prediction, anchor_sigma=sigma,
+            top_k=a.top_k, value_tokens=n_tok, value_dim=v_dim,
+        )
+    if rtm is not None and tuple(rtm.value_shape) != (cfg.value_tokens, cfg.value_dim):
+        raise ValueError(f"RTM value tokens {rtm.value_shape} do not fit the model config {cfg}")
+    top_k = min(cfg.top_k, len(rtm)) if rtm is not None else cfg.top_k
+    prompts = PromptSource(rtm, top_k)
+    # Validation queries the memory without exclusion: held-out photos are not in it.
+    val["values"], val["scores"] = prompts(val["y0"], None)
+    val_ts = sorted({t for t, _ in PGSConfig.load().groups if t <= a.t_max} | {a.t_max})
+
+    torch.manual_seed(a.seed)
+    model = PatchDiT(cfg).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(a.seed)
+    step, val_result = 0, {}
+    if ck:
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        step, val_result = ck["step"], ck.get("val", {})
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"PatchDiT {cfg} params={n_params} amp={amp} rtm={a.rtm} ({len(rtm) if rtm is not None else 0} entries) args={vars(a)}")
+
+    ac = make_alphas_cumprod(cfg.schedule, cfg.num_train_timesteps).to(device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else nullcontext()
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        r = {"y0_mse": float(F.mse_loss(val["y0"], val["x0"]))}
+        P = val["x0"].shape[0]
+        prompt = ema.encode_prompt(val["values"], val["scores"], batch=P)
+        for t in val_ts:
+            tt = torch.full((P,), t, device=device, dtype=torch.long)
+            a_t = ac[tt].view(-1, 1, 1, 1)
+            y_t = a_t.sqrt() * val["x0"] + (1 - a_t).sqrt() * val["eps"]
+            with autocast():
+                f = ema.net(y_t, tt, val["y0"], prompt).float()
+            r[f"loss_t{t}"] = float(F.mse_loss(f, ema.net_target(val["x0"], val["eps"], y_t, tt, val["y0"])))
+            with autocast():
+                x0_hat = ema.predict_x0(y_t, tt, val["y0"], prompt)
+            r[f"x0_mse_t{t}"] = float(F.mse_loss(x0_hat.clamp(-1, 1), val["x0"]))
+        log(f"val step {step} (EMA): " + " ".join(f"{k}={v:.5f}" for k, v in r.items()))
+        return r
+
+    def checkpoint() -> None:
+        atomic_save(
+            {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+             "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
+             "args": vars(a), "val": val_result},
+            out / "last.pt",
+        )
+
+    if ck is None:
+        val_result = evaluate()
+    meter, n = 0.0, 0
+    while step < a.steps and not ctl.out_of_time():
+        batch = pairs.sample(a.crops, gen)
+        x0, y0 = batch["x0"], batch["y0"]
+        P = x0.shape[0]
+        t = torch.randint(0, a.t_max + 1, (P,), generator=gen).to(device)
+        eps = torch.randn(x0.shape, generator=gen).to(device)
+        drop = (torch.rand(P, generator=gen) < a.drop_prompt).to(device)
+        a_t = ac[t].view(-1, 1, 1, 1)
+        y_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
+        values, scores = prompts(y0, batch["image_id"].to(device))
+        for g in opt.param_groups:
+            g["lr"] = a.lr * min(1.0, (step + 1) / a.warmup)
+        model.train()
+        with autocast():
+            prompt = model.encode_prompt(values, scores, batch=P, drop=drop if values is not None else None)
+            f = model.net(y_t, t, y0, prompt).float()
+        loss = F.mse_loss(f, model.net_target(x0, eps, y_t, t, y0))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not math.isfinite(float(gnorm)):
+            log(f"step {step}: non-finite gradient, skipped")
+            continue
+        opt.step()
+        step += 1
+        d = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - d)
+        meter += loss.item()
+        n += 1
+        if step % a.log_every == 0:
+            log(f"step {step} loss {meter / n:.5f} gnorm {float(gnorm):.3f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"{ctl.elapsed():.0f}s")
+            meter, n = 0.0, 0
+        if step % a.val_every == 0:
+            val_result = evaluate()
+        if ctl.checkpoint_due():
+            checkpoint()
+    if step % a.val_every != 0:
+        val_result = evaluate()
+    checkpoint()
+    log(f"stopped at step {step}; checkpoint {out / 'last.pt'}")
+
+
+def main(argv=None) -> int:
+    train(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

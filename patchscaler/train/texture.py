@@ -1,0 +1,211 @@
+"""Train the texture encoder (RTM keys and queries) contrastively.
+
+    python -m patchscaler.train.texture --minutes 60                 # → runs/texture, then export
+    python -m patchscaler.train.texture --resume --minutes 30        # continue
+    python -m patchscaler.train.texture --export                     # → runs/texture/texture_x4.safetensors
+
+Objective (SPEC §2): the key of a coarse latent patch ``y0`` (from the frozen GRM)
+must land near the key of its own HR patch ``x0``. Symmetric InfoNCE over a batch:
+``logits = enc(y0)·enc(x0)ᵀ / τ``, cross-entropy towards the diagonal in both
+directions; every other patch of the batch is a negative. One encoder embeds both
+sides, because at inference RTM keys are embeddings of HR patches and queries are
+embeddings of ``y0``.
+
+Evaluation: on held-out photos, a fixed set of ``--val-pairs`` (≥ 1000) patch pairs;
+each ``y0`` queries the keys of all the ``x0`` (brute force through
+`topk_retrieve`), and top-1 / top-K accuracy is how often its own partner is first /
+among the first K (chance: 1/n, K/n).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
+from patchscaler.diffusion.training import (
+    LatentPatchPairs,
+    RunControl,
+    RunLog,
+    add_common_args,
+    atomic_save,
+    load_frozen_grm,
+    open_pool,
+    split_entries,
+)
+from patchscaler.models.texture import TextureEncoder, TextureEncoderConfig
+
+# An intermediate, not a shipped weight: `patchscaler.train.rtm` bundles the encoder
+# into the memory file, which is what inference loads.
+DEFAULT_EXPORT = Path("runs") / "texture" / "texture_x4.safetensors"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m patchscaler.train.texture", description=__doc__.split("\n")[0])
+    add_common_args(p, "runs/texture")
+    p.add_argument("--grm-checkpoint", default=None, help="GRM .pt/.safetensors (default: packaged weights; 'bicubic' for smoke tests)")
+    p.add_argument("--steps", type=int, default=20000, help="stop after this many optimiser steps")
+    p.add_argument("--crops", type=int, default=32, help="LR crops per batch (4 patches each at the default sizes)")
+    p.add_argument("--lr-crop", type=int, default=48, help="LR crop side; patches are cut 8 px inside it")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--val-pairs", type=int, default=1024, help="held-out pairs (candidates) for the retrieval accuracy")
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--export", action="store_true", help="export OUT/last.pt's EMA encoder and exit")
+    p.add_argument("--export-to", default=str(DEFAULT_EXPORT), help="where --export writes the EMA encoder (input of train.rtm)")
+    return p.parse_args(argv)
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE of unit vectors ``q [B,D]`` (from y0) and ``k [B,D]`` (from x0); scalar."""
+    logits = q @ k.T / temperature
+    target = torch.arange(q.shape[0], device=q.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+@torch.no_grad()
+def retrieval_accuracy(encoder: TextureEncoder, y0: torch.Tensor, x0: torch.Tensor, k: int, chunk: int = 512) -> dict:
+    """Top-1 / top-k rate at which ``y0[i]``'s query retrieves ``x0[i]`` among all ``x0`` keys."""
+    encoder.eval()
+    keys = torch.cat([encoder(x) for x in x0.split(chunk)])
+    queries = torch.cat([encoder(y) for y in y0.split(chunk)])
+    k = min(k, keys.shape[0])
+    _, idx = torch.ops.patchscaler.topk_retrieve(queries.contiguous(), keys.contiguous(), k)
+    truth = torch.arange(keys.shape[0])[:, None]
+    return {
+        "top1": float((idx[:, :1] == truth).any(1).float().mean()),
+        f"top{k}": float((idx == truth).any(1).float().mean()),
+        "candidates": keys.shape[0],
+    }
+
+
+def export(a, log) -> None:
+    from safetensors.torch import save_file
+
+    ck = torch.load(Path(a.out) / "last.pt", map_location="cpu", weights_only=False)
+    import json
+
+    sd = {k: v.half().contiguous() for k, v in ck["ema"].items()}
+    meta = {
+        "config": json.dumps(ck["config"]),
+        "step": str(ck["step"]),
+        "val": json.dumps(ck.get("val", {})),
+        "format": "patchscaler.TextureEncoder",
+    }
+    Path(a.export_to).parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, a.export_to, metadata=meta)
+    log(f"exported EMA encoder of step {ck['step']} -> {a.export_to} (val {ck.get('val')})")
+
+
+def load_texture_encoder(path: str | Path = DEFAULT_EXPORT) -> TextureEncoder:
+    """Read an encoder written by ``--export`` (fp32, eval mode, frozen)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    enc = TextureEncoder(TextureEncoderConfig.from_dict(json.loads(meta["config"])))
+    enc.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return enc.eval().requires_grad_(False)
+
+
+def train(a) -> None:
+    out = Path(a.out)
+    log = RunLog(out / "train.log")
+    if a.export:
+        export(a, log)
+        return
+    torch.set_num_threads(a.threads)
+    ctl = RunControl(a.minutes, a.ckpt_minutes)
+    device = torch.device(a.device)
+
+    ck = None
+    if a.resume and (out / "last.pt").is_file():
+        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        log(f"resuming from {out / 'last.pt'} at step {ck['step']}")
+    cfg = TextureEncoderConfig.from_dict(ck["config"]) if ck else TextureEncoderConfig()
+    torch.manual_seed(a.seed)
+    model = TextureEncoder(cfg).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(a.seed)
+    step = 0
+    if ck:
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["gen"])
+        step = ck["step"]
+    log(f"texture encoder {cfg} params={sum(p.numel() for p in model.parameters())} args={vars(a)}")
+
+    pool = open_pool(a, a.lr_crop, log)
+    train_idx, held_idx = split_entries(pool)
+    grm = load_frozen_grm(a.grm_checkpoint, device)
+    train_pairs = LatentPatchPairs(pool, train_idx, grm, lr_crop=a.lr_crop, device=device)
+    held_pairs = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, device=device)
+    log(f"photos: {len(train_idx)} train, {len(held_idx)} held out; {train_pairs.per_crop} patches per crop")
+    vgen = torch.Generator().manual_seed(12345)  # the same held-out pairs in every evaluation and run
+    val = held_pairs.sample(-(-a.val_pairs // held_pairs.per_crop), vgen)
+
+    def evaluate() -> dict:
+        r = retrieval_accuracy(ema, val["y0"], val["x0"], a.top_k)
+        log(f"val step {step}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+        return r
+
+    def checkpoint(val_result=None) -> None:
+        atomic_save(
+            {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+             "gen": gen.get_state(), "config": cfg.to_dict(), "args": vars(a), "val": val_result or {}},
+            out / "last.pt",
+        )
+
+    result = evaluate() if ck is None else ck.get("val", {})
+    meter, n = 0.0, 0
+    while step < a.steps and not ctl.out_of_time():
+        batch = train_pairs.sample(a.crops, gen)
+        model.train()
+        q, k = model(batch["y0"]), model(batch["x0"])
+        loss = info_nce(q, k, a.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        d = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - d)
+            for be, bm in zip(ema.buffers(), model.buffers()):
+                be.copy_(bm)
+        meter += loss.item()
+        n += 1
+        if step % a.log_every == 0:
+            log(f"step {step} infonce {meter / n:.4f} (chance {torch.log(torch.tensor(float(q.shape[0]))).item():.3f}) {ctl.elapsed():.0f}s")
+            meter, n = 0.0, 0
+        if step % a.val_every == 0:
+            result = evaluate()
+        if ctl.checkpoint_due():
+            checkpoint(result)
+    if step % a.val_every != 0:
+        result = evaluate()
+    checkpoint(result)
+    log(f"stopped at step {step}; checkpoint {out / 'last.pt'}")
+
+
+def main(argv=None) -> int:
+    train(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
