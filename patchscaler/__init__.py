@@ -11,3 +11,6 @@ install was built.
 __version__ = "0.1.0"
 
 from patchscaler import ops  # noqa: F401,E402  (registers torch.ops.patchscaler.*)
+from patchscaler.api import upscale  # noqa: E402
+
+__all__ = ["upscale", "__version__"]

@@ -1,0 +1,432 @@
+"""``patchscaler.upscale``: the one-call ×4 super-resolution API.
+
+    import patchscaler
+    hr = patchscaler.upscale(lr)                     # tensor [3,H,W] / [B,3,H,W] → ×4
+    hr_pil = patchscaler.upscale(Image.open(path))   # PIL in → PIL out
+    hr, groups = patchscaler.upscale(lr, return_groups=True)
+
+This module only checks and converts inputs and outputs; the work happens in
+:class:`patchscaler.pipeline.PatchScalerPipeline`, which is built once per
+(sampler, device, dtype) and cached, so repeated calls do not reload weights.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from patchscaler.pipeline import SAMPLERS, PatchScalerPipeline, sampler_available
+
+__all__ = ["upscale", "DEFAULT_MAX_OUTPUT_MEGAPIXELS", "SUPPORTED_SCALES", "default_sampler", "get_pipeline"]
+
+SUPPORTED_SCALES = (4,)
+# Output size above which `upscale` refuses unless the caller raises the limit. The
+# working set is about 100 bytes per output pixel in fp32 (latent, its overlapping
+# patches, the sampler state and noise, the decoded image), so 16 MP (e.g. 4096×4096
+# from a 1024×1024 input) needs about 1.6 GB; larger images work given the memory.
+DEFAULT_MAX_OUTPUT_MEGAPIXELS = 16.0
+# Inputs in [0, 1] that went through fp16/bf16 arithmetic can land a little outside.
+RANGE_TOLERANCE = 1e-3
+
+_DTYPE_NAMES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+# ----------------------------------------------------------------------------- options
+
+_warned_default_sampler = False
+_warn_lock = threading.Lock()
+
+
+def default_sampler() -> str:
+    """What ``sampler=None`` means: ``"pgs"`` when its DiT weights ship, else ``"none"``.
+
+    The SPEC's default is PGS, but ``upscale(x)`` must also work on a fresh install of
+    a release that ships only the GRM; then it falls back to the GRM alone and warns
+    once per process (asking for ``sampler="pgs"`` explicitly raises instead).
+    """
+    global _warned_default_sampler
+    if sampler_available("pgs"):
+        return "pgs"
+    with _warn_lock:
+        if not _warned_default_sampler:
+            _warned_default_sampler = True
+            warnings.warn(
+                "patchscaler: the diffusion (PGS) weights are not shipped with this install yet, "
+                "so upscale() uses the GRM alone (sampler='none'); pass sampler='none' to silence this",
+                UserWarning,
+                stacklevel=4,  # the caller of upscale()
+            )
+    return "none"
+
+
+def _check_sampler(sampler: str | None) -> str:
+    if sampler is None:
+        return default_sampler()
+    if not isinstance(sampler, str) or sampler.lower() not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))} or None, got {sampler!r}")
+    return sampler.lower()
+
+
+def _check_scale(scale: Any) -> int:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != int(scale):
+        raise ValueError(f"scale must be an integer, got {scale!r}")
+    if int(scale) not in SUPPORTED_SCALES:
+        raise ValueError(
+            f"scale={scale} is not supported: only scale=4 is implemented (×2 is planned future work)"
+        )
+    return int(scale)
+
+
+def _check_device(device: Any, fallback: torch.device) -> torch.device:
+    if device is None:
+        return fallback
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a valid torch device: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _check_dtype(dtype: Any, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPE_NAMES:
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+        dtype = _DTYPE_NAMES[dtype.lower()]
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
+    return dtype
+
+
+def _check_max_batch(max_batch_patches: Any) -> int | None:
+    if max_batch_patches is None:
+        return None
+    if isinstance(max_batch_patches, bool) or not isinstance(max_batch_patches, int) or max_batch_patches < 1:
+        raise ValueError(f"max_batch_patches must be a positive int or None, got {max_batch_patches!r}")
+    return max_batch_patches
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return int(seed)
+
+
+# ------------------------------------------------------------------ pipeline cache
+
+_PIPELINES: dict[tuple, PatchScalerPipeline] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+def get_pipeline(
+    sampler: str = "none", scale: int = 4, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> PatchScalerPipeline:
+    """The shared pipeline for these settings (built on first use, then reused)."""
+    key = (sampler, scale, str(torch.device(device)), dtype)
+    with _PIPELINES_LOCK:
+        pipe = _PIPELINES.get(key)
+        if pipe is None:
+            pipe = PatchScalerPipeline(sampler=sampler, scale=scale, device=device, dtype=dtype)
+            _PIPELINES[key] = pipe
+        return pipe
+
+
+# --------------------------------------------------------------- input conversion
+
+
+@dataclass
+class _Item:
+    """One image converted for the pipeline and how to turn its result back.
+
+    ``rgb``: float32 ``[3, h, w]`` in [0, 1] (CPU or the input's device);
+    ``alpha``: float32 ``[1, h, w]`` or None; ``restore(hr_rgb [3,4h,4w], alpha_hr)``
+    gives the output in the input's kind.
+    """
+
+    rgb: Tensor
+    alpha: Tensor | None
+    restore: Callable[[Tensor, Tensor | None], Any]
+
+
+def _check_float_values(t: Tensor, name: str) -> None:
+    if t.numel() == 0:
+        return
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        raise ValueError(
+            f"{name} must hold values in [0, 1], got min {lo:.4g}, max {hi:.4g} "
+            "(divide 8-bit data by 255)"
+        )
+
+
+def _check_size(h: int, w: int, name: str) -> None:
+    if h == 0 or w == 0:
+        raise ValueError(f"{name} is empty (height {h}, width {w})")
+
+
+def _from_tensor(x: Tensor, name: str) -> tuple[list[_Item], bool]:
+    """Tensor ``[3,H,W]`` / ``[B,3,H,W]`` float in [0,1] → items; returns (items, batched)."""
+    if not torch.is_floating_point(x):
+        raise TypeError(
+            f"{name} must be a float tensor with values in [0, 1], got dtype {x.dtype} "
+            "(for 8-bit data use x.float() / 255)"
+        )
+    if x.dim() not in (3, 4):
+        raise ValueError(f"{name} must have shape [3, H, W] or [B, 3, H, W], got {tuple(x.shape)}")
+    if x.shape[-3] != 3:
+        raise ValueError(
+            f"{name} must have 3 (RGB) channels in dim {x.dim() - 3}, got shape {tuple(x.shape)} "
+            "(repeat a greyscale channel with x.expand(..., 3, H, W))"
+        )
+    if x.dim() == 4 and x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    _check_size(x.shape[-2], x.shape[-1], name)
+    _check_float_values(x.detach(), name)
+    batched = x.dim() == 4
+    xb = x.detach() if batched else x.detach().unsqueeze(0)
+    out_dtype, out_device = x.dtype, x.device
+
+    def restore(hr: Tensor, alpha: Tensor | None) -> Tensor:
+        return hr.to(device=out_device, dtype=out_dtype)
+
+    items = [_Item(img.float().clamp(0, 1), None, restore) for img in xb]
+    return items, batched
+
+
+def _from_numpy(a: np.ndarray, name: str) -> _Item:
+    """Channels-last array → item: ``[H,W]`` or ``[H,W,1]`` grey, ``[H,W,2]`` grey + alpha,
+    ``[H,W,3]`` RGB, ``[H,W,4]`` RGBA; uint8, uint16, or float in [0, 1].
+
+    The output has the same dtype, layout and channels.
+    """
+    if a.dtype == np.uint8:
+        peak = 255.0
+    elif a.dtype == np.uint16:
+        peak = 65535.0
+    elif a.dtype in (np.float16, np.float32, np.float64):
+        peak = None
+    else:
+        raise TypeError(f"{name} must be a uint8, uint16 or float array, got dtype {a.dtype}")
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 2, 3, 4)):
+        raise ValueError(
+            f"{name} must be an array of shape [H, W], [H, W, 3] or [H, W, 4] (channels last), got {a.shape}"
+        )
+    _check_size(a.shape[0], a.shape[1], name)
+    t = torch.from_numpy(np.ascontiguousarray(a).astype(np.float32))
+    if peak is not None:
+        t = t / peak
+    else:
+        _check_float_values(t, name)
+        t = t.clamp(0, 1)
+    chw = (t if t.dim() == 3 else t[..., None]).permute(2, 0, 1)
+    colour = 3 if chw.shape[0] >= 3 else 1
+    rgb = chw[:colour].expand(3, -1, -1).contiguous()
+    alpha = chw[colour:colour + 1].contiguous() if chw.shape[0] in (2, 4) else None
+    in_dtype, squeeze = a.dtype, a.ndim == 2
+
+    def restore(hr: Tensor, alpha_hr: Tensor | None) -> np.ndarray:
+        # Greyscale in → the mean of the three output channels (the model works in RGB).
+        planes = hr.mean(0, keepdim=True) if colour == 1 else hr
+        if alpha_hr is not None:
+            planes = torch.cat([planes, alpha_hr.to(planes.device)], 0)
+        arr = planes.float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+        arr = np.floor(arr * peak + 0.5).astype(in_dtype) if peak is not None else arr.astype(in_dtype)
+        return np.ascontiguousarray(arr[..., 0] if squeeze else arr)
+
+    return _Item(rgb, alpha, restore)
+
+
+def _from_pil(im: Any, name: str) -> _Item:
+    """PIL image → item; the output has the same mode (palette and 1-bit images come
+    back as RGB(A)/L, CMYK and other colour spaces as RGB, 32-bit "I"/"F" as such)."""
+    from PIL import Image
+
+    mode = im.mode
+    _check_size(im.height, im.width, name)
+    if mode.startswith("I;16"):
+        item = _from_numpy(np.asarray(im).astype(np.uint16), name)
+        return _Item(item.rgb, None, lambda hr, a: Image.fromarray(item.restore(hr, None)))  # uint16 → I;16
+    if mode in ("I", "F"):
+        # "I" from PIL is how 16-bit greyscale PNGs often open: values 0..65535.
+        peak = 65535.0 if mode == "I" else 1.0
+        arr = (np.asarray(im).astype(np.float64) / peak).clip(0, 1).astype(np.float32)
+        item = _from_numpy(arr, name)
+
+        def restore_if(hr: Tensor, a: Tensor | None) -> Any:
+            out = item.restore(hr, None).astype(np.float64) * peak
+            return Image.fromarray(np.floor(out + 0.5).astype(np.int32) if mode == "I" else out.astype(np.float32))
+
+        return _Item(item.rgb, None, restore_if)
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX: out as RGB
+    out_mode = im.mode
+    item = _from_numpy(np.asarray(im), name)
+    return _Item(item.rgb, item.alpha, lambda hr, a: Image.fromarray(item.restore(hr, a), out_mode))
+
+
+def _is_pil(x: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        return False
+    return isinstance(x, Image.Image)
+
+
+def _to_items(x: Any, name: str) -> tuple[list[_Item], str]:
+    """Returns the items and how to pack the results: "single", "batch" or "list"."""
+    if isinstance(x, Tensor):
+        items, batched = _from_tensor(x, name)
+        return items, ("batch" if batched else "single")
+    if isinstance(x, np.ndarray):
+        return [_from_numpy(x, name)], "single"
+    if _is_pil(x):
+        return [_from_pil(x, name)], "single"
+    if isinstance(x, (list, tuple)):
+        if len(x) == 0:
+            raise ValueError(f"{name} is an empty list")
+        items = []
+        for i, xi in enumerate(x):
+            if isinstance(xi, (list, tuple)):
+                raise TypeError(f"{name}[{i}] is a {type(xi).__name__}; nested lists are not supported")
+            sub, kind = _to_items(xi, f"{name}[{i}]")
+            if kind == "batch":
+                raise ValueError(f"{name}[{i}] is a batch; a list must hold single images ([3, H, W])")
+            items.extend(sub)
+        return items, "list"
+    raise TypeError(
+        f"{name} must be a torch.Tensor, PIL.Image.Image, numpy array, or a list of them; "
+        f"got {type(x).__name__}"
+    )
+
+
+def _upscale_alpha(alpha: Tensor, scale: int) -> Tensor:
+    """Alpha is not an image the model knows: MATLAB bicubic ×scale, clamped. ``[1,h,w]`` → ``[1,sh,sw]``."""
+    from patchscaler.data.resize import bicubic_upscale
+
+    return bicubic_upscale(alpha.float(), scale).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------- upscale
+
+
+def upscale(
+    x: Any,
+    *,
+    scale: int = 4,
+    sampler: str | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    max_batch_patches: int | None = None,
+    return_groups: bool = False,
+    progress: bool = False,
+    max_output_megapixels: float | None = DEFAULT_MAX_OUTPUT_MEGAPIXELS,
+) -> Any:
+    """Upscale images ×4 with PatchScaler.
+
+    Args:
+        x: one of
+            * ``torch.Tensor`` ``[3, H, W]`` or ``[B, 3, H, W]``, float (any float dtype),
+              values in [0, 1] → tensor ``[..., 3, 4H, 4W]`` with the input's dtype and device;
+            * ``PIL.Image.Image`` (RGB, L, RGBA, LA, P, I;16, ...) → PIL image of the same mode;
+            * ``numpy.ndarray`` ``[H, W]``, ``[H, W, 3]`` or ``[H, W, 4]`` (uint8, uint16, or
+              float in [0, 1]) → array of the same dtype and layout;
+            * a list of the above (sizes may differ) → list of results.
+            Greyscale is upscaled as RGB and returned as the mean of the channels; an
+            alpha channel is upscaled separately with bicubic interpolation.
+        scale: upscaling factor; only 4 (×2 is future work).
+        sampler: ``"pgs"`` (patch-adaptive group sampling, the method), ``"uniform"``
+            (every patch the hard group's steps: the slow baseline), ``"none"`` (the GRM
+            alone, one network pass), or ``None``: ``"pgs"`` when its DiT weights ship
+            with this install, otherwise ``"none"`` with a one-time warning.
+            Asking for ``"pgs"``/``"uniform"`` without their weights raises.
+        seed: the diffusion noise of every patch is derived from ``seed`` and the patch's
+            position in its image, so a result does not depend on the other images in
+            the batch, on ``max_batch_patches`` or on the device's random state.
+        device: where to compute (default: the input tensor's device; CUDA if available
+            for PIL/numpy inputs; else CPU).
+        dtype: model precision: ``torch.float32`` (default), ``torch.float16`` or
+            ``torch.bfloat16`` (also "fp16"/"bf16"); the output keeps the input's dtype.
+        max_batch_patches: at most this many 16×16 latent patches (64×64 output pixels)
+            go through the denoiser at once; bounds memory (default: the sampler's own).
+        return_groups: also return a :class:`~patchscaler.pipeline.GroupMap` per image
+            (group and step count of every patch, confidence map): ``(out, groups)``;
+            ``groups`` is a list for batches and lists, a single GroupMap otherwise.
+        progress: show tqdm progress bars (GRM tiles, denoising).
+        max_output_megapixels: refuse images whose output has more pixels than this
+            (default 16 MP; None for no limit).
+
+    Raises:
+        TypeError: ``x`` (or ``seed``) of the wrong type, or an integer tensor.
+        ValueError: wrong shape/channels, empty image, values outside [0, 1], NaN/inf,
+            output above ``max_output_megapixels``, unknown ``sampler``, unsupported
+            ``scale``, ``device`` or ``dtype``.
+        patchscaler.pipeline.WeightsNotAvailableError: ``sampler`` needs weights this
+            install does not have.
+    """
+    scale = _check_scale(scale)
+    sampler_name = _check_sampler(sampler)
+    seed = _check_seed(seed)
+    max_batch_patches = _check_max_batch(max_batch_patches)
+    items, packing = _to_items(x, "x")
+
+    fallback = items[0].rgb.device if isinstance(x, Tensor) else (
+        torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    )
+    dev = _check_device(device, fallback)
+    dt = _check_dtype(dtype, dev)
+    if max_output_megapixels is not None:
+        limit = float(max_output_megapixels) * 1e6
+        for i, item in enumerate(items):
+            h, w = item.rgb.shape[-2:]
+            out_px = h * w * scale * scale
+            if out_px > limit:
+                name = "x" if len(items) == 1 else f"x[{i}]"
+                raise ValueError(
+                    f"{name}: the ×{scale} output would be {w * scale}x{h * scale} = {out_px / 1e6:.3g} MP, above "
+                    f"max_output_megapixels={max_output_megapixels:g}; pass a larger max_output_megapixels "
+                    "(or None) if the memory is there"
+                )
+
+    pipe = get_pipeline(sampler_name, scale, dev, dt)
+    results = pipe.upscale_images(
+        [item.rgb for item in items], seed=seed, max_batch_patches=max_batch_patches, progress=progress
+    )
+    outs, groups = [], []
+    for item, (hr, gmap) in zip(items, results):
+        alpha_hr = _upscale_alpha(item.alpha, scale) if item.alpha is not None else None
+        outs.append(item.restore(hr, alpha_hr))
+        groups.append(gmap)
+
+    if packing == "batch":
+        out: Any = torch.stack(outs)
+    elif packing == "single":
+        out = outs[0]
+    else:
+        out = outs
+    if return_groups:
+        return out, (groups if packing != "single" else groups[0])
+    return out

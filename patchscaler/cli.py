@@ -1,0 +1,367 @@
+"""The ``patchscaler`` command: ×4 super-resolution of an image file or a folder of them.
+
+    patchscaler photo.jpg -o photo_x4.png
+    patchscaler photos/ -o photos_x4/ --save-groups groups/ --json stats.json
+    patchscaler photo.png --sampler none --device cuda --bf16
+
+A file in gives a file out (default ``<name>_x4.png`` beside the input; ``-o`` naming
+an existing folder puts ``<name>.png`` in it). A folder in gives a folder out
+(default ``<folder>_x4``) that mirrors the input's subfolders and file names, with
+the extension ``--format`` (``png`` by default). Greyscale stays greyscale, an alpha
+channel is upscaled separately (bicubic) and kept, 16-bit PNGs give 16-bit PNGs.
+
+Exit status: 0 all written; 1 a folder run where some images failed (the others are
+still written; the failures are listed at the end); 2 the run could not start, or
+the single input file could not be read, upscaled or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["main", "read_image_array", "write_image_array"]
+
+OUTPUT_FORMATS = ("png", "jpg", "webp", "tif", "bmp", "same")
+# Images whose LR has more pixels than this get a progress bar over their patches too.
+PATCH_PROGRESS_MIN_PIXELS = 256 * 256
+
+
+class CLIError(Exception):
+    """An error to report as one line (no traceback)."""
+
+
+# ------------------------------------------------------------------------- image io
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """Bit depth from a PNG's IHDR, or None if ``path`` is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def read_image_array(path: str | Path) -> np.ndarray:
+    """Read an image keeping what the output should keep: ``[H,W]`` (grey), ``[H,W,2]``
+    (grey + alpha), ``[H,W,3]`` or ``[H,W,4]``; uint8, or uint16 for 16-bit files.
+
+    Raises OSError with a one-line message if the file cannot be decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+                return np.asarray(im).astype(np.uint16)
+            if mode == "I":
+                arr = np.asarray(im)
+                if arr.min() >= 0 and arr.max() <= 65535:
+                    return arr.astype(np.uint16)
+                raise OSError(f"32-bit integer image with values outside 0..65535 ({mode})")
+            if mode == "F":
+                arr = np.asarray(im).astype(np.float32)
+                return (np.clip(arr, 0, 1) * 65535 + 0.5).astype(np.uint16)
+            if mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
+                from patchscaler.data.images import _png_rgb16  # PIL truncates 48/64-bit PNGs to 8 bits
+
+                arr16 = _png_rgb16(path)
+                if arr16 is not None:
+                    return arr16
+            if mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif mode == "PA":
+                im = im.convert("RGBA")
+            elif mode == "1":
+                im = im.convert("L")
+            elif mode not in ("L", "LA", "RGB", "RGBA"):
+                im = im.convert("RGB")
+            return np.asarray(im).copy()
+    except FileNotFoundError:
+        raise OSError(f"cannot read image {path}: file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OSError(f"cannot read image {path}: {msg}") from None
+
+
+def _write_png16(path: Path, arr: np.ndarray) -> None:
+    """Write ``[H,W]`` / ``[H,W,C]`` uint16 (C = 2, 3, 4) as a 16-bit PNG (PIL cannot for C > 1)."""
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    h, w, c = arr.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    rows = arr.astype(">u2").reshape(h, w * c).view(np.uint8).reshape(h, w * c * 2)
+    # Sub filter (each byte minus the same byte of the pixel to its left): smooth images
+    # compress far better than unfiltered, and it vectorises over the whole image.
+    bpp = 2 * c
+    prev = np.zeros_like(rows)
+    prev[:, bpp:] = rows[:, :-bpp]
+    filtered = np.concatenate([np.ones((h, 1), np.uint8), (rows - prev).astype(np.uint8)], axis=1)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
+    path.write_bytes(png)
+
+
+def write_image_array(arr: np.ndarray, path: str | Path) -> None:
+    """Write an array from `read_image_array`'s family; the suffix picks the format.
+
+    16-bit data is written as 16-bit PNG; other formats get 8 bits. Formats without
+    alpha (JPEG, BMP) drop the alpha channel.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if arr.dtype == np.uint16:
+        if suffix == ".png":
+            if arr.ndim == 2:
+                Image.fromarray(arr).save(path)  # uint16 → mode I;16
+            else:
+                _write_png16(path, arr)
+            return
+        arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    im = Image.fromarray(arr)
+    assert im.mode == mode, (im.mode, mode)
+    if suffix in (".jpg", ".jpeg", ".bmp", ".ppm", ".pgm") and mode in ("LA", "RGBA"):
+        im = im.convert("L" if mode == "LA" else "RGB")
+    im.save(path)
+
+
+# ------------------------------------------------------------------------ arguments
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="patchscaler",
+        description="×4 diffusion super-resolution (PatchScaler) of an image file or a folder of images.",
+        epilog="Exit status: 0 ok, 1 some images of a folder failed, 2 the run could not start "
+        "or the single input failed.",
+    )
+    p.add_argument("input", type=Path, help="image file, or folder of images (searched recursively)")
+    p.add_argument(
+        "-o", "--output", type=Path, default=None,
+        help="output file, or folder (default: INPUT_x4.png next to a file, INPUT_x4/ for a folder)",
+    )
+    p.add_argument(
+        "--sampler", choices=("pgs", "uniform", "none"), default=None,
+        help="pgs: adaptive steps per patch (the method); uniform: every patch the hard group's steps; "
+        "none: the GRM alone. Default: pgs when its weights ship with this install, else none",
+    )
+    p.add_argument("--seed", type=int, default=0, help="noise seed (results are reproducible per seed)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true", help="run the models in float16")
+    prec.add_argument("--bf16", action="store_true", help="run the models in bfloat16")
+    p.add_argument(
+        "--max-batch-patches", type=int, default=None, metavar="N",
+        help="at most N latent patches per denoiser call (lower it if memory runs out)",
+    )
+    p.add_argument(
+        "--max-megapixels", type=float, default=None, metavar="MP",
+        help="largest output accepted, in megapixels (default 16)",
+    )
+    p.add_argument(
+        "--format", choices=OUTPUT_FORMATS, default="png",
+        help="output format for folder runs (default png; 'same' keeps each input's extension)",
+    )
+    p.add_argument(
+        "--save-groups", type=Path, default=None, metavar="PATH",
+        help="also write a PNG of each patch's group and step count over the image (the confidence "
+        "map with --sampler none); a file for a file input, a folder for a folder input",
+    )
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write per-image statistics as JSON ('-': stdout)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+@dataclass
+class _Job:
+    src: Path
+    dst: Path
+    groups: Path | None
+
+
+def _plan_jobs(args: argparse.Namespace) -> tuple[list[_Job], Path | None]:
+    """Map inputs to outputs; returns (jobs, output folder of a folder run or None)."""
+    from patchscaler.data.images import list_images
+
+    src: Path = args.input
+    if src.is_dir():
+        out = args.output or src.with_name(src.name + "_x4")
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"output {out} exists and is not a folder (the input is a folder)")
+        if out.resolve() == src.resolve():
+            raise CLIError(f"output folder {out} is the input folder; choose another")
+        groups = args.save_groups
+        if groups is not None and groups.exists() and not groups.is_dir():
+            raise CLIError(f"--save-groups {groups} exists and is not a folder (the input is a folder)")
+        out_abs = out.resolve()
+        jobs = []
+        for path in list_images(src):
+            if out_abs in path.resolve().parents or (groups and groups.resolve() in path.resolve().parents):
+                continue  # earlier results inside the input folder are not inputs
+            rel = path.relative_to(src)
+            ext = rel.suffix if args.format == "same" else "." + args.format
+            jobs.append(_Job(path, out / rel.with_suffix(ext), groups / rel.with_suffix(".png") if groups else None))
+        if not jobs:
+            raise CLIError(f"no images found in {src}")
+        return jobs, out
+    if not src.exists():
+        raise CLIError(f"input {src} does not exist")
+    if args.output is None:
+        dst = src.with_name(src.stem + "_x4.png")
+    elif args.output.is_dir() or str(args.output).endswith(("/", "\\")):
+        dst = args.output / (src.stem + ".png")
+    else:
+        dst = args.output
+    if not dst.suffix:
+        raise CLIError(f"output {dst} has no extension to pick a format by (e.g. .png)")
+    return [_Job(src, dst, args.save_groups)], None
+
+
+def _groups_picture(out: np.ndarray, gmap, path: Path) -> None:
+    import torch
+
+    from patchscaler.visualize import group_map_image
+
+    arr = out.astype(np.float32) / (65535.0 if out.dtype == np.uint16 else 255.0)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    rgb = arr[..., :3] if arr.shape[2] >= 3 else np.repeat(arr[..., :1], 3, axis=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    group_map_image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1), gmap).save(path)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``patchscaler`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    prog = "patchscaler"
+    try:
+        import torch
+        from tqdm.auto import tqdm
+
+        from patchscaler.api import DEFAULT_MAX_OUTPUT_MEGAPIXELS, default_sampler, upscale
+        from patchscaler.pipeline import WeightsNotAvailableError
+
+        jobs, out_folder = _plan_jobs(args)
+        folder = out_folder is not None
+        dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
+        if args.sampler is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                sampler = default_sampler()
+            for w in caught if not args.quiet else ():
+                print(f"{prog}: note: {str(w.message).removeprefix('patchscaler: ')}", file=sys.stderr)
+        else:
+            sampler = args.sampler
+        max_mp = args.max_megapixels or DEFAULT_MAX_OUTPUT_MEGAPIXELS
+        if args.max_batch_patches is not None and args.max_batch_patches < 1:
+            raise CLIError("--max-batch-patches must be >= 1")
+        if args.device is not None:
+            from patchscaler.api import _check_device
+
+            _check_device(args.device, torch.device("cpu"))
+    except (CLIError, ValueError) as exc:
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+    records, failures = [], []
+    bar = tqdm(jobs, desc="images", unit="image", disable=args.quiet or not folder, file=sys.stderr)
+    for job in bar:
+        start = time.perf_counter()
+        try:
+            arr = read_image_array(job.src)
+            big = arr.shape[0] * arr.shape[1] >= PATCH_PROGRESS_MIN_PIXELS
+            out, gmap = upscale(
+                arr,
+                sampler=sampler,
+                seed=args.seed,
+                device=args.device,
+                dtype=dtype,
+                max_batch_patches=args.max_batch_patches,
+                return_groups=True,
+                progress=big and not args.quiet,
+                max_output_megapixels=max_mp,
+            )
+            write_image_array(out, job.dst)
+            if job.groups is not None:
+                _groups_picture(out, gmap, job.groups)
+        except WeightsNotAvailableError as exc:  # no image can succeed: stop the run
+            bar.close()
+            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            msg = _one_line(exc)
+            if str(job.src) not in msg:
+                msg = f"{job.src}: {msg}"
+            failures.append((job.src, msg))
+            (tqdm.write if folder else print)(f"{prog}: error: {msg}", file=sys.stderr)
+            if not folder:
+                return 2
+            continue
+        seconds = time.perf_counter() - start
+        records.append(
+            {
+                "input": str(job.src),
+                "output": str(job.dst),
+                "size": [int(arr.shape[1]), int(arr.shape[0])],
+                "output_size": [int(out.shape[1]), int(out.shape[0])],
+                "seconds": round(seconds, 4),
+                "groups_picture": str(job.groups) if job.groups else None,
+                **gmap.summary(),
+            }
+        )
+    bar.close()
+
+    if args.json is not None:
+        report = {"images": records, "failures": [{"input": str(p), "error": e} for p, e in failures]}
+        text = json.dumps(report, indent=2)
+        if str(args.json) == "-":
+            print(text)
+        else:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text + "\n")
+    if not folder and records and not args.quiet:
+        print(f"wrote {records[0]['output']}", file=sys.stderr)
+    if failures:
+        print(f"{prog}: {len(failures)} of {len(jobs)} images failed:", file=sys.stderr)
+        for _, msg in failures:
+            print(f"  {msg}", file=sys.stderr)
+        return 1
+    if folder and not args.quiet:
+        print(f"wrote {len(records)} images to {out_folder}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

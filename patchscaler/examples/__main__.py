@@ -1,0 +1,32 @@
+"""``python -m patchscaler.examples [OUTPUT_DIR] [CLI options]``: upscale the bundled example.
+
+Runs the ``patchscaler`` command on ``dandelions_lr.png`` and writes
+``OUTPUT_DIR/dandelions_x4.png`` and ``OUTPUT_DIR/dandelions_groups.png``. Other
+options (``--sampler``, ``--device``, ``--seed``, ...) go to the command as they are.
+Works offline: the example and the weights ship inside the package.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from patchscaler.cli import main as cli_main
+from patchscaler.examples import EXAMPLE_LR
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    out_dir = Path(argv.pop(0)) if argv and not argv[0].startswith("-") else Path(".")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return cli_main(
+        [str(EXAMPLE_LR), "-o", str(out_dir / "dandelions_x4.png"), "--save-groups", str(out_dir / "dandelions_groups.png")]
+        + argv
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

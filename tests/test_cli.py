@@ -1,0 +1,199 @@
+"""The ``patchscaler`` command on tmp files and folders (in-process `main`, small random
+models through the same hook as test_api.py): outputs, formats kept (grey, alpha,
+16-bit), --save-groups pictures, --json, and the errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from patchscaler.cli import _png_bit_depth, main, read_image_array, write_image_array
+
+from test_api import fake_models  # noqa: F401  (fixture)
+
+
+def _rgb(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """An input folder with every kind of file the command should handle, and one bad file."""
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(_rgb(6, 7)).save(src / "photo.jpg", quality=95)
+    Image.fromarray(_rgb(5, 5, 1)[..., 0]).save(src / "grey.png")
+    rgba = np.concatenate([_rgb(4, 6, 2), np.full((4, 6, 1), 128, np.uint8)], axis=2)
+    Image.fromarray(rgba).save(src / "sub" / "alpha.png")
+    deep = (np.random.default_rng(3).random((5, 4, 3)) * 65535).astype(np.uint16)
+    write_image_array(deep, src / "sub" / "deep16.png")
+    Image.fromarray((np.random.default_rng(4).random((3, 5)) * 65535).astype(np.uint16)).save(src / "grey16.png")
+    Image.fromarray(_rgb(4, 4, 5)).save(src / "pic.webp")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    (src / "notes.txt").write_text("not an image, not listed")
+    return src
+
+
+def test_single_file(fake_models, tmp_path, capsys):
+    src = tmp_path / "a.png"
+    Image.fromarray(_rgb(6, 9)).save(src)
+    assert main([str(src), "-o", str(tmp_path / "b.png"), "--sampler", "none", "-q"]) == 0
+    out = Image.open(tmp_path / "b.png")
+    assert out.size == (36, 24) and out.mode == "RGB"
+    # Default output name beside the input.
+    assert main([str(src), "--sampler", "none", "-q"]) == 0
+    assert Image.open(tmp_path / "a_x4.png").size == (36, 24)
+    # -o an existing folder: <stem>.png inside it.
+    (tmp_path / "outdir").mkdir()
+    assert main([str(src), "-o", str(tmp_path / "outdir"), "--sampler", "none", "-q"]) == 0
+    assert (tmp_path / "outdir" / "a.png").is_file()
+
+
+def test_folder_mirrors_names_keeps_formats_and_reports_the_bad_file(fake_models, folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main([str(folder), "-o", str(out), "--sampler", "none", "-q", "--json", str(tmp_path / "s.json")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "1 of 7 images failed" in err and "Traceback" not in err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "grey.png", "grey16.png", "photo.png", "pic.png", "sub", "sub/alpha.png", "sub/deep16.png",
+    ]
+    assert Image.open(out / "photo.png").size == (28, 24)
+    assert Image.open(out / "grey.png").mode == "L"
+    alpha = Image.open(out / "sub" / "alpha.png")
+    assert alpha.mode == "RGBA" and np.abs(np.asarray(alpha)[..., 3].astype(int) - 128).max() <= 1
+    deep = read_image_array(out / "sub" / "deep16.png")
+    assert deep.dtype == np.uint16 and deep.shape == (20, 16, 3) and _png_bit_depth(out / "sub" / "deep16.png") == 16
+    grey16 = read_image_array(out / "grey16.png")
+    assert grey16.dtype == np.uint16 and grey16.shape == (12, 20)
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert len(stats["images"]) == 6 and stats["failures"][0]["input"].endswith("broken.png")
+    assert all(r["sampler"] == "none" for r in stats["images"])
+
+
+def test_folder_format_option(fake_models, folder, tmp_path):
+    out = tmp_path / "out"
+    assert main([str(folder), "-o", str(out), "--sampler", "none", "-q", "--format", "jpg"]) == 1
+    assert Image.open(out / "sub" / "alpha.jpg").mode == "RGB"  # JPEG has no alpha
+    assert main([str(folder), "-o", str(tmp_path / "same"), "--sampler", "none", "-q", "--format", "same"]) == 1
+    assert (tmp_path / "same" / "pic.webp").is_file()
+
+
+def test_save_groups_none_draws_confidence(fake_models, tmp_path):
+    src = tmp_path / "a.png"
+    Image.fromarray(_rgb(20, 30)).save(src)
+    groups = tmp_path / "g" / "groups.png"
+    assert main([str(src), "-o", str(tmp_path / "b.png"), "--sampler", "none", "--save-groups", str(groups), "-q"]) == 0
+    pic = Image.open(groups)
+    assert pic.format == "PNG" and pic.width >= 120 and pic.height > 80  # image + legend strip
+
+
+def test_save_groups_pgs_and_json_stdout(fake_models, tmp_path, capsys):
+    from test_pipeline import banded_image
+
+    src = tmp_path / "banded.png"
+    arr = (banded_image(20, 40).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(arr).save(src)
+    groups = tmp_path / "groups.png"
+    code = main([str(src), "-o", str(tmp_path / "o.png"), "--sampler", "pgs", "--save-groups", str(groups),
+                 "--json", "-", "-q", "--seed", "3"])
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out)
+    rec = stats["images"][0]
+    assert rec["sampler"] == "pgs" and rec["output_size"] == [160, 80]
+    assert set(rec["groups"]) == {"simple", "medium", "hard"} and rec["evaluations"] > 0
+    pic = np.asarray(Image.open(groups).convert("RGB"))
+    assert pic.shape[1] >= 160 and pic.shape[0] > 80
+    # Several group colours show up over the image.
+    assert len(np.unique(pic[:80].reshape(-1, 3) // 32, axis=0)) > 3
+
+
+def test_folder_save_groups_mirrors(fake_models, folder, tmp_path):
+    groups = tmp_path / "groups"
+    assert main([str(folder), "-o", str(tmp_path / "out"), "--sampler", "none", "-q", "--save-groups", str(groups)]) == 1
+    assert (groups / "sub" / "alpha.png").is_file() and (groups / "photo.png").is_file()
+
+
+def test_unreadable_single_file_exit_2_one_line(fake_models, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    assert main([str(bad), "-o", str(tmp_path / "x.png"), "--sampler", "none", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read image" in err[0] and "bad.jpg" in err[0]
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["{tmp}/missing.png"], "does not exist"),
+        (["{tmp}/a.png", "-o", "{tmp}/noext"], "no extension"),
+        (["{tmp}/a.png", "--device", "gpu7"], "device"),
+        (["{tmp}/a.png", "--max-batch-patches", "0"], "max-batch-patches"),
+    ],
+)
+def test_usage_errors_exit_2(fake_models, tmp_path, capsys, argv, match):
+    Image.fromarray(_rgb(3, 3)).save(tmp_path / "a.png")
+    assert main([a.format(tmp=tmp_path) for a in argv] + ["--sampler", "none"]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+
+
+def test_too_large_image_is_a_clear_failure(fake_models, tmp_path, capsys):
+    Image.fromarray(_rgb(40, 40)).save(tmp_path / "a.png")
+    assert main([str(tmp_path / "a.png"), "--sampler", "none", "--max-megapixels", "0.01", "-q"]) == 2
+    assert "max_output_megapixels" in capsys.readouterr().err
+
+
+def test_missing_dit_weights_exit_2(tmp_path, capsys, monkeypatch):
+    import patchscaler.api as api
+    import patchscaler.pipeline as pipeline
+
+    from test_pipeline import tiny_grm
+
+    monkeypatch.setattr(pipeline, "_load_shipped_grm", lambda scale, device, dtype: tiny_grm())
+    monkeypatch.setattr(pipeline, "sampler_available", lambda name: name == "none")
+    monkeypatch.setattr(api, "_PIPELINES", {})
+    Image.fromarray(_rgb(3, 3)).save(tmp_path / "a.png")
+    assert main([str(tmp_path / "a.png"), "--sampler", "pgs", "-q"]) == 2
+    assert "does not ship" in capsys.readouterr().err
+
+
+def test_png16_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    for shape in [(5, 7), (5, 7, 2), (5, 7, 3), (5, 7, 4)]:
+        a = (rng.random(shape) * 65535).astype(np.uint16)
+        write_image_array(a, tmp_path / "t.png")
+        b = read_image_array(tmp_path / "t.png")
+        if len(shape) == 3 and shape[2] == 2:
+            continue  # PIL reads 16-bit grey+alpha as 8-bit LA; writing it is what matters
+        np.testing.assert_array_equal(b, a)
+
+
+def test_example_module_runs_offline(fake_models, tmp_path):
+    from patchscaler.examples.__main__ import main as example_main
+
+    assert example_main([str(tmp_path), "--sampler", "none", "-q"]) == 0
+    assert Image.open(tmp_path / "dandelions_x4.png").size == (512, 512)
+    assert Image.open(tmp_path / "dandelions_groups.png").width >= 512
+
+
+def test_console_script_help():
+    res = subprocess.run([sys.executable, "-m", "patchscaler.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--save-groups" in res.stdout and "--bf16" in res.stdout
+
+
+@pytest.mark.parametrize("sampler", ["none", "pgs"])
+def test_save_groups_on_a_one_pixel_image(fake_models, tmp_path, sampler):
+    Image.fromarray(_rgb(1, 1)).save(tmp_path / "dot.png")
+    groups = tmp_path / "dot_groups.png"
+    assert main([str(tmp_path / "dot.png"), "--sampler", sampler, "--save-groups", str(groups), "-q"]) == 0
+    assert Image.open(tmp_path / "dot_x4.png").size == (4, 4)
+    pic = Image.open(groups)
+    assert pic.width >= 320 and pic.height > 320  # enlarged so the legend fits and reads

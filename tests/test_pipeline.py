@@ -1,0 +1,194 @@
+"""PatchScalerPipeline end to end on tiny images, with small randomly initialised models
+(the hook ``PatchScalerPipeline(grm=..., sampler=...)``), so nothing here needs shipped
+weights: GRM tiling, patch planning and blending, the sampler interface, determinism
+across batch composition and chunking, and any image size from 1×1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from patchscaler.codec import PixelUnshuffleCodec
+from patchscaler.models.dit import PatchDiT, PatchDiTConfig
+from patchscaler.models.grm import GRM, GRMConfig
+from patchscaler.pipeline import GroupMap, PatchScalerPipeline, WeightsNotAvailableError, build_sampler
+from patchscaler.sampling import DiTDenoiser, PGSConfig, PGSSampler, UniformSampler
+
+PGS_TEST_CONFIG = PGSConfig(gammas=(0.6, 0.4), groups=((150, 1), (350, 2), (600, 3)))
+
+
+class BrightnessGRM(GRM):
+    """A small random GRM whose confidence is the local brightness (clamped), so test
+    images with dark and bright regions get all three PGS groups, deterministically."""
+
+    def forward(self, lr):
+        y0, _ = super().forward(lr)
+        return y0, lr.float().mean(1, keepdim=True).clamp(0.01, 0.99)
+
+
+def tiny_grm(seed: int = 0) -> GRM:
+    torch.manual_seed(seed)
+    grm = BrightnessGRM(GRMConfig(channels=8, blocks=1, expand=2, conf_channels=4))
+    torch.nn.init.normal_(grm.tail.weight, std=0.02)  # a non-zero residual over bicubic
+    return grm.eval()
+
+
+def tiny_sampler(kind: str = "pgs", seed: int = 0):
+    torch.manual_seed(seed)
+    dit = PatchDiT(PatchDiTConfig(width=32, depth=1, heads=2, value_dim=16)).eval()
+    cls = PGSSampler if kind == "pgs" else UniformSampler
+    return cls(DiTDenoiser(dit), PGS_TEST_CONFIG)
+
+
+def banded_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """``[3,h,w]`` noise in dark / mid / bright vertical bands (hard / medium / simple patches)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, h, w, generator=g) * 0.2
+    level = torch.linspace(0.1, 0.8, w)[None, None, :]
+    return (x + level).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def grm():
+    return tiny_grm()
+
+
+@pytest.fixture(scope="module")
+def pgs_pipe(grm):
+    return PatchScalerPipeline(grm=grm, sampler=tiny_sampler("pgs"))
+
+
+@pytest.fixture(scope="module")
+def none_pipe(grm):
+    return PatchScalerPipeline(grm=grm, sampler="none")
+
+
+def test_none_is_the_grm_decoded(grm, none_pipe):
+    lr = banded_image(13, 21)
+    (hr, gmap), = none_pipe.upscale_images([lr])
+    with torch.no_grad():
+        y0, conf = grm(lr[None])
+    expected = PixelUnshuffleCodec(4).decode(y0).clamp(0, 1)[0]
+    assert hr.shape == (3, 52, 84)
+    torch.testing.assert_close(hr, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(gmap.confidence, conf[0], atol=1e-6, rtol=0)
+    assert not gmap.sampled and gmap.evaluations == 0
+    assert (gmap.group == -1).all() and (gmap.group_pixels == -1).all()
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (5, 70), (61, 3)])
+def test_grm_tiling_matches_whole_image(grm, shape):
+    """Tiles with context >= the GRM's receptive radius reproduce the untiled GRM."""
+    lr = torch.stack([banded_image(*shape, seed=1), banded_image(*shape, seed=2)])
+    whole = PatchScalerPipeline(grm=grm, sampler="none")
+    tiled = PatchScalerPipeline(grm=grm, sampler="none", grm_tile=24, grm_context=4)
+    y0_a, c_a = whole.restore(lr)
+    y0_b, c_b = tiled.restore(lr)
+    torch.testing.assert_close(y0_b, y0_a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c_b, c_a, atol=1e-6, rtol=0)
+
+
+def test_pgs_groups_steps_and_range(pgs_pipe):
+    lr = banded_image(20, 44)
+    (hr, gmap), = pgs_pipe.upscale_images([lr], seed=3)
+    assert hr.shape == (3, 80, 176) and hr.dtype == torch.float32
+    assert 0 <= float(hr.min()) and float(hr.max()) <= 1
+    assert isinstance(gmap, GroupMap) and gmap.sampled
+    P = gmap.origins.shape[0]
+    assert gmap.group.shape == gmap.steps.shape == gmap.qmap.shape == (P,)
+    assert set(gmap.group.tolist()) == {0, 1, 2}, "banded image should hit every group"
+    n_steps = torch.tensor([n for _, n in PGS_TEST_CONFIG.groups])
+    assert torch.equal(gmap.steps, n_steps[gmap.group])
+    assert gmap.evaluations == int(n_steps[gmap.group].sum())
+    assert gmap.group_pixels.shape == (20, 44)
+    assert set(gmap.group_pixels.unique().tolist()) <= {0, 1, 2}
+    # Left (dark) pixels are hard, right (bright) ones simple.
+    assert gmap.group_pixels[:, 0].eq(2).all() and gmap.group_pixels[:, -1].eq(0).all()
+    json.dumps(gmap.summary())
+    # The sampler changed the GRM's result.
+    (hr_none, _), = PatchScalerPipeline(grm=pgs_pipe.grm, sampler="none").upscale_images([lr])
+    assert (hr - hr_none).abs().max() > 1e-3
+
+
+def test_uniform_gives_every_patch_the_hard_steps(grm):
+    pipe = PatchScalerPipeline(grm=grm, sampler=tiny_sampler("uniform"))
+    (hr, gmap), = pipe.upscale_images([banded_image(18, 18)])
+    assert pipe.sampler_name == "uniform"
+    assert gmap.steps.eq(PGS_TEST_CONFIG.groups[2][1]).all()
+    assert hr.shape == (3, 72, 72)
+
+
+def test_pgs_deterministic_across_batch_composition_and_chunking(pgs_pipe):
+    a, b, c = banded_image(20, 24, 1), banded_image(20, 24, 2), banded_image(9, 30, 3)
+    alone = pgs_pipe.upscale_images([a], seed=7)[0][0]
+    batched = pgs_pipe.upscale_images([c, b, a], seed=7, max_batch_patches=1)
+    chunked = pgs_pipe.upscale_images(torch.stack([b, a]), seed=7, max_batch_patches=3)
+    torch.testing.assert_close(batched[2][0], alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked[1][0], alone, atol=1e-5, rtol=0)
+    again = pgs_pipe.upscale_images([a], seed=7)[0][0]
+    assert torch.equal(again, alone)
+    other_seed = pgs_pipe.upscale_images([a], seed=8)[0][0]
+    assert (other_seed - alone).abs().max() > 1e-4
+
+
+def test_runs_split_by_pixel_budget_give_the_same_result(grm):
+    images = [banded_image(16, 20, s) for s in range(3)]
+    big = PatchScalerPipeline(grm=grm, sampler=tiny_sampler())
+    small = PatchScalerPipeline(grm=grm, sampler=tiny_sampler(), max_lr_pixels_per_run=16 * 20)
+    for (x, _), (y, _) in zip(big.upscale_images(images, seed=1), small.upscale_images(images, seed=1)):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 17), (17, 1), (16, 16), (2, 33)])
+@pytest.mark.parametrize("sampler", ["none", "pgs"])
+def test_any_size_from_one_pixel(grm, size, sampler):
+    pipe = PatchScalerPipeline(grm=grm, sampler=tiny_sampler() if sampler == "pgs" else "none")
+    h, w = size
+    (hr, gmap), = pipe.upscale_images([banded_image(h, w)])
+    assert hr.shape == (3, 4 * h, 4 * w)
+    assert torch.isfinite(hr).all() and 0 <= float(hr.min()) and float(hr.max()) <= 1
+    assert gmap.confidence.shape == (1, h, w) and gmap.group_pixels.shape == (h, w)
+
+
+def test_mixed_sizes_keep_order(pgs_pipe):
+    images = [banded_image(5, 7), banded_image(20, 18), banded_image(5, 7, seed=4)]
+    out = pgs_pipe.upscale_images(images)
+    assert [tuple(hr.shape) for hr, _ in out] == [(3, 20, 28), (3, 80, 72), (3, 20, 28)]
+    alone = pgs_pipe.upscale_images([images[2]])[0][0]
+    torch.testing.assert_close(out[2][0], alone, atol=1e-5, rtol=0)
+
+
+def test_low_precision_models_stay_close(grm):
+    lr = banded_image(12, 12)
+    ref = PatchScalerPipeline(grm=grm, sampler="none").upscale_images([lr])[0][0]
+    bf16 = PatchScalerPipeline(grm=grm, sampler="none", dtype=torch.bfloat16).upscale_images([lr])[0][0]
+    assert bf16.dtype == torch.float32
+    assert (bf16 - ref).abs().max() < 0.05
+    # The caller's module is not converted in place.
+    assert next(grm.parameters()).dtype == torch.float32
+
+
+def test_diffusion_without_shipped_weights_raises_not_falls_back():
+    from patchscaler.models.dit import DEFAULT_DIT_PATH
+
+    if DEFAULT_DIT_PATH.is_file():
+        sampler = build_sampler("pgs", torch.device("cpu"), torch.float32)
+        assert isinstance(sampler, PGSSampler)
+    else:
+        with pytest.raises(WeightsNotAvailableError, match="sampler='none'"):
+            build_sampler("pgs", torch.device("cpu"), torch.float32)
+        with pytest.raises(WeightsNotAvailableError):
+            PatchScalerPipeline(grm=tiny_grm(), sampler="uniform")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        build_sampler("ddpm", torch.device("cpu"), torch.float32)
+
+
+def test_bad_settings_are_rejected(grm):
+    with pytest.raises(ValueError, match="grm_tile"):
+        PatchScalerPipeline(grm=grm, grm_tile=8, grm_context=4)
+    with pytest.raises(ValueError, match="patch_overlap"):
+        PatchScalerPipeline(grm=grm, patch_size=8, patch_overlap=8)
+    with pytest.raises(ValueError, match=r"\[3, h, w\]"):
+        PatchScalerPipeline(grm=grm).upscale_images([torch.rand(1, 4, 4)])
