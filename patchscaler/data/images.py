@@ -1,0 +1,145 @@
+"""Reading and writing images as float tensors ``[3, H, W]`` in [0, 1]."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+__all__ = ["IMAGE_EXTENSIONS", "load_image", "save_image", "list_images", "modcrop", "to_uint8"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def _png_rgb16(path: Path) -> np.ndarray | None:
+    """Decode a 16-bit-per-channel RGB/RGBA PNG to ``[H, W, C] uint16``; None if not one.
+
+    PIL silently truncates 48/64-bit PNGs to 8 bits, so these are decoded here
+    (non-interlaced only; zlib + the five PNG row filters).
+    """
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    pos, idat, hdr = 8, [], None
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        ctype = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        if ctype == b"IHDR":
+            hdr = struct.unpack(">IIBBBBB", body)
+        elif ctype == b"IDAT":
+            idat.append(body)
+        elif ctype == b"IEND":
+            break
+        pos += 12 + length
+    if hdr is None:
+        return None
+    w, h, depth, color, _, _, interlace = hdr
+    if depth != 16 or color not in (2, 6) or interlace != 0:
+        return None
+    ch = 3 if color == 2 else 4
+    bpp = 2 * ch
+    stride = w * bpp
+    raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8).reshape(h, stride + 1)
+    out = np.zeros((h, stride), dtype=np.uint8)
+    prev = np.zeros(stride, dtype=np.int32)
+    for y in range(h):
+        ftype, line = raw[y, 0], raw[y, 1:].astype(np.int32)
+        if ftype == 0:
+            cur = line
+        elif ftype == 2:
+            cur = (line + prev) & 0xFF
+        else:
+            cur = np.zeros(stride, dtype=np.int32)
+            for i in range(stride):  # Sub/Average/Paeth depend on the decoded left byte
+                a = cur[i - bpp] if i >= bpp else 0
+                b = prev[i]
+                if ftype == 1:
+                    pred = a
+                elif ftype == 3:
+                    pred = (a + b) >> 1
+                else:
+                    c = prev[i - bpp] if i >= bpp else 0
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
+                cur[i] = (line[i] + pred) & 0xFF
+        out[y] = cur
+        prev = cur
+    return out.view(">u2").reshape(h, w, ch).astype(np.uint16)
+
+
+def load_image(path: str | os.PathLike) -> Tensor:
+    """Read an image file as ``float32 [3, H, W]`` in [0, 1].
+
+    Greyscale is repeated to RGB, alpha is dropped, palette images are expanded,
+    16-bit files keep their full precision (divided by 65535).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im).astype(np.float64)
+                # 'I' mode comes from 16-bit PNGs (and 32-bit TIFFs); scale by the container's range.
+                peak = 65535.0 if mode.startswith("I;16") or arr.max() <= 65535 else float(2**32 - 1)
+                arr = (arr / peak).astype(np.float32)[..., None].repeat(3, axis=2)
+            elif mode == "F":
+                arr = np.asarray(im).astype(np.float32)[..., None].repeat(3, axis=2)
+            else:
+                rgb16 = _png_rgb16(path) if mode in ("RGB", "RGBA") and path.suffix.lower() == ".png" else None
+                if rgb16 is not None:
+                    arr = rgb16[..., :3].astype(np.float32) / 65535.0
+                else:
+                    if mode != "RGB":
+                        im = im.convert("RGBA").convert("RGB") if "A" in mode or mode == "P" else im.convert("RGB")
+                    arr = np.asarray(im).astype(np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise OSError(f"cannot read image {path}: {e}") from e
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+def to_uint8(img: Tensor) -> np.ndarray:
+    """``[3, H, W]`` (or ``[H, W]``) float in [0, 1] → ``[H, W, 3]`` uint8 array, rounded."""
+    img = img.detach().float().cpu().clamp(0, 1)
+    arr = (img * 255.0).round().to(torch.uint8)
+    if arr.dim() == 3:
+        arr = arr.permute(1, 2, 0)
+        if arr.shape[2] == 1:
+            arr = arr[..., 0]
+    return arr.numpy()
+
+
+def save_image(img: Tensor, path: str | os.PathLike) -> None:
+    """Write ``[3, H, W]`` / ``[1, 3, H, W]`` float in [0, 1] as an 8-bit image (format from suffix)."""
+    if img.dim() == 4:
+        if img.shape[0] != 1:
+            raise ValueError(f"save_image takes one image, got batch of {img.shape[0]}")
+        img = img[0]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(img)).save(path)
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """All image files under ``folder`` (recursive), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def modcrop(img: Tensor, scale: int) -> Tensor:
+    """Crop the bottom/right of ``[..., H, W]`` so H and W are multiples of ``scale``."""
+    h, w = img.shape[-2:]
+    return img[..., : h - h % scale, : w - w % scale]

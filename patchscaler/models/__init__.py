@@ -1,0 +1,1 @@
+"""Networks: the GRM (global restoration) and its loss; the Patch-DiT lives beside them."""

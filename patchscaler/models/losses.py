@@ -1,0 +1,79 @@
+"""GRM training loss (SPEC §1.1): L1 regression plus the confidence likelihood term.
+
+    L = mean|y0 − x0|  +  λ · mean_pixels( C · e² − η · log C ),   e² = mean_channels (y0 − x0)²
+
+Decisions and why:
+
+* **Per LR pixel, channel-averaged e².** C has one channel per LR pixel, i.e. per s×s HR
+  block of all three colours (3s² latent values), so its error is the mean over those.
+  For fixed features the term is minimised at ``C = min(1, η / E[e²])``: C becomes an
+  inverse-MSE predictor at the finest granularity, and the sampler's patch difficulty
+  (mean C over a patch) ranks patches by error. Per-patch pooling inside the loss would
+  tie C to one patch size; per pixel it works for any patch size.
+* **η = 2e-6** (latent units, latent = 2·HR − 1). C saturates at 1 where e² < η, and
+  saturated values carry no ranking, so η sits below almost all errors: uint8
+  quantisation alone gives e² ≈ 4·(1/255)²/12 ≈ 5e-6, flat regions ~1e-5, textured ones
+  1e-2..1e-1. C then spans ~1e-5..1 (logit −11..+∞, fine for a sigmoid; the gradient
+  w.r.t. the logit is (1−C)(C·e² − η), which does not vanish at small C).
+* **λ = 0.01/η**, i.e. the term is measured in units of η (its value scales with η).
+  The GRM's confidence head reads detached trunk features (see ``models/grm.py``), so λ
+  only sets the size of the head's gradients, and Adam is scale-free per parameter; the
+  regression is trained by L1 alone — the GRM's PSNR is a project bar too. λ·η = 0.01
+  keeps the logged loss readable (L1 ≈ 0.03, confidence part ≈ 0.01·(a few)).
+* **e² is detached in the confidence term** (default). Without it the term adds
+  ``2λ·C·e`` ≈ ``2λη/e`` to the regression gradient — strongest on the *smallest*
+  errors, a log-loss that trades textured regions for flat ones. The loss value is the
+  paper's; only this gradient path is cut. ``detach_error=False`` restores it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["GRMLoss", "grm_loss"]
+
+DEFAULT_ETA = 2e-6
+DEFAULT_LAMBDA = 0.01 / DEFAULT_ETA
+
+
+def grm_loss(
+    y0: Tensor,
+    x0: Tensor,
+    conf: Tensor,
+    lam: float = DEFAULT_LAMBDA,
+    eta: float = DEFAULT_ETA,
+    detach_error: bool = True,
+    eps: float = 1e-12,
+) -> tuple[Tensor, dict[str, float]]:
+    """Paper loss for one batch.
+
+    Args:
+        y0: predicted latent ``[B, C, h, w]``; x0: true latent, same shape.
+        conf: confidence ``[B, 1, h, w]`` in (0, 1).
+        lam, eta: λ and η of the formula above (η in squared latent units).
+    Returns:
+        ``(loss scalar fp32, {"l1", "conf", "mse"} floats for logging)``.
+    """
+    diff = y0.float() - x0.float()
+    l1 = diff.abs().mean()
+    e2 = diff.pow(2).mean(dim=1, keepdim=True)
+    e2_c = e2.detach() if detach_error else e2
+    c = conf.float()
+    conf_term = (c * e2_c - eta * torch.log(c.clamp_min(eps))).mean()
+    loss = l1 + lam * conf_term
+    return loss, {"l1": l1.item(), "conf": conf_term.item() / eta, "mse": e2.mean().item()}
+
+
+@dataclass
+class GRMLoss:
+    """Callable wrapper holding λ, η (see module docstring)."""
+
+    lam: float = DEFAULT_LAMBDA
+    eta: float = DEFAULT_ETA
+    detach_error: bool = True
+
+    def __call__(self, y0: Tensor, x0: Tensor, conf: Tensor) -> tuple[Tensor, dict[str, float]]:
+        return grm_loss(y0, x0, conf, self.lam, self.eta, self.detach_error)

@@ -1,0 +1,1 @@
+"""Training entry points (`python -m patchscaler.train.<module>`)."""

@@ -1,0 +1,343 @@
+"""Train the GRM (LR → coarse latent + confidence) on a folder of HR photos.
+
+    python -m patchscaler.train.grm --data ../shared/data/train --out runs/grm --minutes 150
+    python -m patchscaler.train.grm --out runs/grm --resume          # continue exactly
+    python -m patchscaler.train.grm --out runs/grm --export          # -> patchscaler/weights/grm_x4.*
+
+Checkpoints (``last.pt``; ``best.pt`` by validation PSNR) hold model, EMA model,
+optimizer, step and RNG state, are written every ``--ckpt-minutes`` and on
+SIGTERM/SIGINT, atomically. Validation: MATLAB-bicubic ×4 protocol on Set5/Set14
+(LR made with our ``bicubic_downscale``, PSNR on Y, 4-px border crop) using the EMA
+weights, plus the Spearman correlation of patch confidence vs patch MSE.
+The shipped weights are the EMA weights: with a constant-ish learning rate they are
+much closer to an annealed model than the raw weights, so a run can stop at any time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from patchscaler.codec import PixelUnshuffleCodec
+from patchscaler.data.dataset import PairPool
+from patchscaler.data.images import list_images, load_image, modcrop
+from patchscaler.data.resize import bicubic_downscale
+from patchscaler.models.grm import GRM, GRMConfig, weights_path
+from patchscaler.models.losses import DEFAULT_ETA, DEFAULT_LAMBDA, GRMLoss
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m patchscaler.train.grm", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA / "train"), help="folder of HR training photos (recursive)")
+    p.add_argument("--val-root", default=str(DEFAULT_DATA / "benchmark"), help="folder with Set5/HR, Set14/HR, ...")
+    p.add_argument("--val-sets", default="Set5,Set14", help="comma-separated benchmark sets for validation")
+    p.add_argument("--out", default="runs/grm", help="run folder (checkpoints, metrics.log)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    p.add_argument("--export", action="store_true", help="export the EMA weights of a checkpoint and exit")
+    p.add_argument("--evaluate", action="store_true", help="print val metrics of a checkpoint's EMA weights and exit")
+    p.add_argument("--export-from", default="best", choices=["best", "last"], help="checkpoint to export/evaluate")
+    p.add_argument("--export-to", default=None, help="safetensors path (default: the package's weights)")
+    p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step; schedule unchanged")
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--channels", type=int, default=48)
+    p.add_argument("--blocks", type=int, default=8)
+    p.add_argument("--expand", type=int, default=4)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr-patch", type=int, default=48, help="LR crop size (HR crop = scale x this)")
+    p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (AdamW)")
+    p.add_argument("--min-lr", type=float, default=1e-5)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--total-steps", type=int, default=40_000, help="cosine decay horizon (can grow on resume)")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--lam", type=float, default=DEFAULT_LAMBDA)
+    p.add_argument("--eta", type=float, default=DEFAULT_ETA)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast for the trunk")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--val-minutes", type=float, default=12.0)
+    p.add_argument("--ckpt-minutes", type=float, default=3.0)
+    p.add_argument("--cache", default=None, help="pair-pool cache file (default OUT/../cache/pool_x{scale}.pt)")
+    return p.parse_args(argv)
+
+
+class Logger:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(path, "a", buffering=1)
+
+    def __call__(self, msg: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        print(line, flush=True)
+        self.f.write(line + "\n")
+
+
+def lr_at(step: int, a: argparse.Namespace) -> float:
+    """Linear warm-up, then cosine from ``lr`` to ``min_lr`` at ``total_steps``."""
+    if step < a.warmup:
+        return a.lr * (step + 1) / a.warmup
+    t = min(1.0, (step - a.warmup) / max(1, a.total_steps - a.warmup))
+    return a.min_lr + 0.5 * (a.lr - a.min_lr) * (1 + math.cos(math.pi * t))
+
+
+def load_val_sets(root: str, names: str, scale: int) -> dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
+    """``{set: [(name, lr [1,3,h,w], hr [1,3,sh,sw])]}`` with the benchmark's MATLAB bicubic LR."""
+    out = {}
+    for name in [n for n in names.split(",") if n]:
+        folder = Path(root) / name / "HR"
+        if not folder.is_dir():
+            continue
+        items = []
+        for p in list_images(folder):
+            hr = modcrop(load_image(p), scale)[None]
+            items.append((p.name, bicubic_downscale(hr, scale), hr))
+        out[name] = items
+    return out
+
+
+def psnr_y_fallback(sr: torch.Tensor, hr: torch.Tensor, crop: int) -> float:
+    """BT.601 Y PSNR on uint8-quantised images (used only if patchscaler.metrics is absent)."""
+    def y(img):
+        img = (img.clamp(0, 1) * 255).round().double().reshape(3, *img.shape[-2:])
+        return (16.0 + (65.481 * img[0] + 128.553 * img[1] + 24.966 * img[2]) / 255.0)[crop:-crop, crop:-crop]
+
+    mse = ((y(sr) - y(hr)) ** 2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+try:
+    from patchscaler.metrics.psnr import psnr_y
+except ImportError:  # metrics package is written in parallel; keep training usable without it
+    psnr_y = psnr_y_fallback
+try:
+    from patchscaler.metrics.confidence import confidence_error_spearman
+except ImportError:
+    confidence_error_spearman = None
+
+
+@torch.no_grad()
+def validate(model: GRM, val: dict, scale: int) -> dict[str, float]:
+    """Mean PSNR-Y (crop = scale) per set, plus the confidence/MSE Spearman over all sets."""
+    model.eval()
+    codec = PixelUnshuffleCodec(scale)
+    res, confs, y0s, x0s = {}, [], [], []
+    for name, items in val.items():
+        ps = []
+        for _, lr, hr in items:
+            y0, conf = model(lr)
+            ps.append(psnr_y(codec.decode(y0).clamp(0, 1)[0], hr[0], scale))
+            confs.append(conf)
+            y0s.append(y0)
+            x0s.append(codec.encode(hr))
+        res[name] = sum(ps) / len(ps)
+    if confidence_error_spearman is not None and confs:
+        res["spearman"], _ = confidence_error_spearman(confs, y0s, x0s, patch=16)
+    return res
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export(a: argparse.Namespace, log) -> Path:
+    """Write the EMA weights of ``OUT/{best,last}.pt`` as safetensors (fp16 when lossless) + JSON."""
+    from safetensors.torch import save_file
+
+    out = Path(a.out)
+    ck_path = out / f"{a.export_from}.pt"
+    if not ck_path.is_file():
+        ck_path = out / "last.pt"
+    ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+    cfg = GRMConfig.from_dict(ck["config"])
+    model = GRM(cfg)
+    model.load_state_dict(ck["ema"])
+    val = load_val_sets(a.val_root, a.val_sets, cfg.scale)
+    r32 = validate(model, val, cfg.scale)
+    half = GRM(cfg)
+    half.load_state_dict({k: v.half().float() for k, v in ck["ema"].items()})
+    r16 = validate(half, val, cfg.scale)
+    worst = max((abs(r32[k] - r16[k]) for k in val), default=0.0)
+    use_fp16 = worst < 0.01
+    state = {k: (v.half() if use_fp16 else v.float()).contiguous() for k, v in ck["ema"].items()}
+    dst = Path(a.export_to) if a.export_to else weights_path(cfg.scale)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(dst))
+    os.chmod(dst, 0o644)  # safetensors writes 0600; shipped package data must be world-readable
+    meta = {
+        "config": ck["config"],
+        "step": ck["step"],
+        "checkpoint": str(ck_path),
+        "dtype": "float16" if use_fp16 else "float32",
+        "params": sum(v.numel() for v in ck["ema"].values()),
+        "val_psnr_y_fp32": r32,
+        "val_psnr_y_fp16": r16,
+        "protocol": "MATLAB bicubic x%d LR, PSNR on Y (BT.601), %d-px border crop" % (cfg.scale, cfg.scale),
+        "train_args": ck.get("args", {}),
+    }
+    dst.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    log(f"exported {ck_path} (step {ck['step']}) -> {dst} as {meta['dtype']}; fp32 {r32}; fp16 {r16}")
+    # load_grm caches models per process; make sure a fresh call sees the new file.
+    from patchscaler.models import grm as grm_module
+
+    grm_module._CACHE.clear()
+    return dst
+
+
+def train(a: argparse.Namespace) -> None:
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = Logger(out / "metrics.log")
+    torch.set_num_threads(a.threads)
+    if a.export:
+        export(a, log)
+        return
+    if a.evaluate:
+        ck_path = out / f"{a.export_from}.pt"
+        ck = torch.load(ck_path if ck_path.is_file() else out / "last.pt", map_location="cpu", weights_only=False)
+        model = GRM(GRMConfig.from_dict(ck["config"]))
+        model.load_state_dict(ck["ema"])
+        r = validate(model, load_val_sets(a.val_root, a.val_sets, model.config.scale), model.config.scale)
+        log(f"evaluate {a.export_from} step {ck['step']} (EMA): " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
+        return
+    t_start = time.time()
+
+    ck = None
+    if a.resume and (out / "last.pt").is_file():
+        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        cfg = GRMConfig.from_dict(ck["config"])
+        log(f"resuming from {out / 'last.pt'} at step {ck['step']}")
+    else:
+        cfg = GRMConfig(scale=a.scale, channels=a.channels, blocks=a.blocks, expand=a.expand)
+    torch.manual_seed(a.seed)
+    model = GRM(cfg).to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    conf_params = list(model.conf.parameters())
+    trunk_params = [p for n, p in model.named_parameters() if not n.startswith("conf.")]
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(a.seed)
+    step, best = 0, -math.inf
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        step, best = ck["step"], ck.get("best", -math.inf)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"GRM {cfg} params={n_params} bf16={a.bf16} threads={a.threads} batch={a.batch} lr_patch={a.lr_patch}")
+
+    cache = Path(a.cache) if a.cache else out.parent / "cache" / f"pool_x{cfg.scale}.pt"
+    pool = PairPool(a.data, scale=cfg.scale, min_hr_side=cfg.scale * a.lr_patch, cache=cache, log=log)
+    log(f"pair pool: {len(pool)} images, {sum(e.hr[0].numel() for e in pool.entries) / 1e6:.1f} M HR pixels")
+    val = load_val_sets(a.val_root, a.val_sets, cfg.scale)
+    loss_fn = GRMLoss(a.lam, a.eta)
+    codec = PixelUnshuffleCodec(cfg.scale)
+
+    def checkpoint(tag: str = "last") -> None:
+        atomic_save(
+            {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+             "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "config": cfg.__dict__,
+             "best": best, "args": vars(a)},
+            out / f"{tag}.pt",
+        )
+
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True  # finish the current step, checkpoint, exit
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    last_ckpt = last_val = time.time()
+    if ck is None:
+        last_val = 0.0  # validate the bicubic-initialised model once at the start
+    meter = {"loss": 0.0, "l1": 0.0, "conf": 0.0, "n": 0}
+    t_log, steps_log = time.time(), 0
+    end = a.total_steps if a.stop_at is None else min(a.total_steps, a.stop_at)
+    while not stop["flag"] and step < end:
+        now = time.time()
+        if now - last_val >= a.val_minutes * 60:
+            r = validate(ema, val, cfg.scale)
+            score = sum(v for k, v in r.items() if k != "spearman") / max(1, len(val))
+            log(f"val step {step} (EMA): " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
+            if score > best and step > 0:
+                best = score
+                checkpoint("best")
+                log(f"new best {best:.4f} at step {step}")
+            last_val = time.time()
+            t_log = time.time()  # validation time is not training throughput
+        if now - last_ckpt >= a.ckpt_minutes * 60:
+            checkpoint()
+            last_ckpt = time.time()
+        if a.minutes is not None and now - t_start >= a.minutes * 60:
+            log(f"time limit of {a.minutes} min reached")
+            break
+
+        lr_img, hr_img = pool.sample(a.batch, a.lr_patch, gen)
+        lr_img = lr_img.contiguous(memory_format=torch.channels_last)
+        x0 = codec.encode(hr_img)
+        cur_lr = lr_at(step, a)
+        for g in opt.param_groups:
+            g["lr"] = cur_lr
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            y0, conf = model(lr_img)
+        loss, parts = loss_fn(y0, x0, conf)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        # Clip the regression and confidence parameters separately: the confidence
+        # gradients are on a different scale and must not shrink the L1 update.
+        gnorm = torch.nn.utils.clip_grad_norm_(trunk_params, 1.0)
+        torch.nn.utils.clip_grad_norm_(conf_params, 1.0)
+        if not torch.isfinite(gnorm):
+            log(f"step {step}: non-finite gradient, skipped")
+            continue
+        opt.step()
+        step += 1
+        # EMA warms up (short average early) so early validations are meaningful.
+        d = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - d)
+        meter["loss"] += loss.item()
+        meter["l1"] += parts["l1"]
+        meter["conf"] += parts["conf"]
+        meter["n"] += 1
+        steps_log += 1
+        if step % a.log_every == 0:
+            dt = time.time() - t_log
+            n = meter["n"]
+            log(
+                f"step {step} loss {meter['loss'] / n:.5f} l1 {meter['l1'] / n:.5f} conf/eta {meter['conf'] / n:.3f} "
+                f"lr {cur_lr:.2e} gnorm {float(gnorm):.3f} {steps_log / dt:.3f} it/s {a.batch * steps_log / dt:.1f} samples/s"
+            )
+            meter = {"loss": 0.0, "l1": 0.0, "conf": 0.0, "n": 0}
+            t_log, steps_log = time.time(), 0
+    checkpoint()
+    log(f"stopped at step {step}; checkpoint {out / 'last.pt'}")
+
+
+def main(argv=None) -> int:
+    train(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""GRM network, its loss, and the shipped-weights loader."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from patchscaler.codec import PixelUnshuffleCodec
+from patchscaler.data.resize import bicubic_upscale
+from patchscaler.models.grm import GRM, GRMConfig, load_grm, weights_path
+from patchscaler.models.losses import grm_loss
+
+TINY = GRMConfig(channels=8, blocks=2, expand=2, conf_channels=4)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 5), (7, 3), (16, 16), (13, 29)])
+def test_shapes_and_confidence_range(hw):
+    torch.manual_seed(0)
+    model = GRM(TINY).eval()
+    lr = torch.rand(2, 3, *hw)
+    with torch.no_grad():
+        y0, conf = model(lr)
+    assert y0.shape == (2, 48, *hw) and y0.dtype == torch.float32
+    assert conf.shape == (2, 1, *hw)
+    assert torch.all(conf > 0) and torch.all(conf < 1)
+    assert model.upscale(lr).shape == (2, 3, 4 * hw[0], 4 * hw[1])
+
+
+def test_initial_model_is_bicubic():
+    # The residual head starts at zero, so the untrained GRM is MATLAB bicubic.
+    model = GRM(TINY).eval()
+    lr = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        y0, _ = model(lr)
+    expect = PixelUnshuffleCodec(4).encode(bicubic_upscale(lr, 4))
+    torch.testing.assert_close(y0, expect, atol=1e-6, rtol=0)
+
+
+def test_loss_hand_computed():
+    # One latent pixel with 2 channels: errors (0.1, -0.3) -> L1 = 0.2, e² = (0.01 + 0.09)/2 = 0.05.
+    y0 = torch.tensor([0.1, -0.3]).view(1, 2, 1, 1)
+    x0 = torch.zeros(1, 2, 1, 1)
+    conf = torch.tensor(0.25).view(1, 1, 1, 1)
+    lam, eta = 2.0, 0.01
+    loss, parts = grm_loss(y0, x0, conf, lam=lam, eta=eta)
+    expect = 0.2 + lam * (0.25 * 0.05 - eta * math.log(0.25))
+    assert loss.item() == pytest.approx(expect, rel=1e-6)
+    assert parts["l1"] == pytest.approx(0.2, rel=1e-6)
+    assert parts["mse"] == pytest.approx(0.05, rel=1e-6)
+
+
+def test_loss_optimum_confidence_is_eta_over_mse():
+    # d/dC (C e² − η log C) = 0 at C = η / e²: the confidence is an inverse-MSE predictor.
+    e2, eta = 0.04, 0.002
+    logit = torch.zeros(1, 1, 1, 1, requires_grad=True)
+    y0 = torch.full((1, 4, 1, 1), math.sqrt(e2))
+    opt = torch.optim.Adam([logit], lr=0.05)
+    for _ in range(2000):
+        loss, _ = grm_loss(y0, torch.zeros_like(y0), torch.sigmoid(logit), lam=1.0, eta=eta)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.sigmoid(logit).item() == pytest.approx(eta / e2, rel=1e-2)
+
+
+def test_loss_gradient_finite():
+    torch.manual_seed(0)
+    model = GRM(TINY)
+    lr = torch.rand(2, 3, 8, 8)
+    x0 = PixelUnshuffleCodec(4).encode(torch.rand(2, 3, 32, 32))
+    y0, conf = model(lr)
+    loss, _ = grm_loss(y0, x0, conf)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # Confidence never trains the trunk (detached features), L1 trains it.
+    assert model.conf[0].weight.grad.abs().sum() > 0
+
+
+def test_bf16_autocast_forward():
+    model = GRM(TINY)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y0, conf = model(torch.rand(1, 3, 6, 6))
+    assert y0.dtype == torch.float32 and conf.dtype == torch.float32
+
+
+def test_load_grm_shipped_weights():
+    if not weights_path(4).is_file():
+        pytest.skip(f"no exported GRM weights at {weights_path(4)}")
+    model = load_grm(4)
+    assert load_grm(4) is model  # cached
+    assert not model.training
+    lr = torch.rand(1, 3, 5, 7)
+    with torch.no_grad():
+        y0, conf = model(lr)
+    assert y0.shape == (1, 48, 5, 7) and torch.all((conf > 0) & (conf < 1))
+    sr = model.upscale(lr)
+    assert sr.shape == (1, 3, 20, 28) and sr.min() >= 0 and sr.max() <= 1
+
+
+def _train_args(data, out, *extra):
+    from patchscaler.train.grm import parse_args
+
+    return parse_args(
+        ["--data", str(data), "--out", str(out), "--val-sets", "", "--channels", "8", "--blocks", "1",
+         "--expand", "2", "--batch", "2", "--lr-patch", "8", "--warmup", "2", "--total-steps", "6",
+         "--threads", "1", "--log-every", "1", "--cache", str(out / "pool.pt"), *extra]
+    )
+
+
+def test_training_resume_is_exact(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from patchscaler.train.grm import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((48, 40, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    straight.mkdir()
+    split.mkdir()
+    train(_train_args(data, straight, "--stop-at", "4"))
+    train(_train_args(data, split, "--stop-at", "2"))
+    train(_train_args(data, split, "--stop-at", "4", "--resume"))
+    a = torch.load(straight / "last.pt", weights_only=False)
+    b = torch.load(split / "last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
