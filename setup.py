@@ -31,7 +31,8 @@ def _want_cuda() -> bool:
 def _extension():
     cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # PyTorch >= 2.13 headers require C++20; older ones accept it too.
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     # ops register through TORCH_LIBRARY, so the module itself exports no functions;
     # Py_LIMITED_API keeps the .so loadable by any CPython >= 3.9.
     define_macros = [("Py_LIMITED_API", "0x03090000")]
@@ -40,7 +41,7 @@ def _extension():
             "patchscaler._C",
             cpp_sources + cuda_sources,
             define_macros=define_macros + [("PATCHSCALER_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20"]},
             extra_link_args=["-fopenmp"],
             py_limited_api=True,
         )

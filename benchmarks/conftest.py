@@ -74,8 +74,9 @@ def _markdown(rows: list[dict], header: dict) -> str:
     lines = [
         f"# Benchmark report: {header['device']}",
         "",
-        f"- date: {header['date']}",
-        f"- command: `{header['command']}`",
+        f"- last run: {header['date']}, `{header['command']}`",
+        "- each group's rows come from one run (its date is under the table); rerun a file",
+        "  alone and only its groups are replaced",
         f"- torch {header['torch']}, python {header['python']}, threads {header['threads']}",
         "",
     ]
@@ -102,7 +103,7 @@ def _markdown(rows: list[dict], header: dict) -> str:
                 v = r["extra_info"].get(k, "")
                 cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", f"measured {members[0].get('date', '?')} by `{members[0].get('command', '?')}`", ""]
     return "\n".join(lines)
 
 
@@ -143,6 +144,16 @@ def pytest_sessionfinish(session, exitstatus):
     }
     os.makedirs(RESULTS_DIR, exist_ok=True)
     stem = os.path.join(RESULTS_DIR, _slug(device))
+    # One report per device that accumulates: groups re-run now replace their old rows,
+    # groups not run now keep theirs (each row carries the date it was measured).
+    for row in rows:
+        row["date"] = header["date"]
+        row["command"] = header["command"]
+    rerun = {row["group"] for row in rows}
+    if os.path.exists(stem + ".json"):
+        with open(stem + ".json") as f:
+            previous = json.load(f).get("benchmarks", [])
+        rows = [r for r in previous if r["group"] not in rerun] + rows
     with open(stem + ".json", "w") as f:
         json.dump({"header": header, "benchmarks": rows}, f, indent=1)
     with open(stem + ".md", "w") as f:

@@ -7,6 +7,7 @@ through it), and device kernels picked by the dispatcher:
     op                   CPU                        CUDA
     gather_patches       C++ (at::parallel_for)     CUDA extension
     blend_patches        C++ (at::parallel_for)     CUDA extension
+    scatter_add_patches  C++                        CUDA extension   (backward of gather)
     group_denoise_step   fused C++                  Triton
     shortcut_noise       fused C++                  Triton
     topk_retrieve        blocked mm + top-k merge   Triton
@@ -18,4 +19,11 @@ branches on the device itself.
 from patchscaler.ops import _native  # noqa: F401  (registers the C++ ops first)
 from patchscaler.ops import denoise, patches, retrieve  # noqa: F401
 
-OPS = ("gather_patches", "blend_patches", "group_denoise_step", "shortcut_noise", "topk_retrieve")
+OPS = (
+    "gather_patches",
+    "blend_patches",
+    "scatter_add_patches",
+    "group_denoise_step",
+    "shortcut_noise",
+    "topk_retrieve",
+)
