@@ -1,4 +1,4 @@
-"""Shared test configuration: device parametrisation and per-dtype tolerances."""
+"""Test configuration: CUDA cases skip without a GPU; `shared_data` locates ../shared/data."""
 
 from __future__ import annotations
 
@@ -8,17 +8,7 @@ import pytest
 import torch
 
 import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
-
-SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-
-# (atol, rtol) per dtype for kernels that accumulate in fp32 and store in `dtype`.
-TOLERANCES = {
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (1e-3, 1e-3),
-    torch.bfloat16: (1e-2, 1e-2),
-}
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+from device_params import SHARED_DATA
 
 
 def pytest_collection_modifyitems(config, items):

@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from conftest import DEVICES, TOLERANCES
+from device_params import DEVICES, TOLERANCES
 from patchscaler.kernels import TRITON_AVAILABLE
 from patchscaler.ops.denoise import (
     group_denoise_step,

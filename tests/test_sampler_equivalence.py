@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from conftest import DEVICES
+from device_params import DEVICES
 from patchscaler.ops.denoise import (
     group_denoise_step,
     reference_group_denoise_step,

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from conftest import DEVICES
+from device_params import DEVICES
 from patchscaler.kernels import TRITON_AVAILABLE
 from patchscaler.ops.retrieve import reference_topk_retrieve, topk_retrieve, topk_retrieve_triton
 
