@@ -7,6 +7,8 @@
 // so the per-patch coefficients are computed once (in double, from the ᾱ table) and
 // the element loop is a handful of float FMAs that the compiler vectorises. A patch
 // row is read and written where it lies in x_all: no gathered copy of the active set.
+#include "dtype_name.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,19 +19,6 @@
 
 namespace patchscaler {
 namespace {
-
-// Dtype names as Python prints them, so messages match the Python-side checks.
-const char* dtype_name(at::ScalarType s) {
-  switch (s) {
-    case at::kFloat: return "torch.float32";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kDouble: return "torch.float64";
-    case at::kLong: return "torch.int64";
-    case at::kInt: return "torch.int32";
-    default: return c10::toString(s);
-  }
-}
 
 // Elements per parallel task (about 128 KiB of float32): big enough to amortise the
 // per-task setup, small enough to split a single huge patch across threads.

@@ -13,6 +13,8 @@
 // end, as faiss does on GPU. Extra memory: per thread one score tile plus (for
 // float16/bfloat16 or strided keys) one float32 key tile; per split one [M, k]
 // list when splits are used.
+#include "dtype_name.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -23,19 +25,6 @@
 
 namespace patchscaler {
 namespace {
-
-// Dtype names as Python prints them, so messages match the Python-side checks.
-const char* dtype_name(at::ScalarType s) {
-  switch (s) {
-    case at::kFloat: return "torch.float32";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kDouble: return "torch.float64";
-    case at::kLong: return "torch.int64";
-    case at::kInt: return "torch.int32";
-    default: return c10::toString(s);
-  }
-}
 
 constexpr int64_t kBlockM = 128;   // queries per task
 constexpr int64_t kBlockN = 1024;  // keys per score tile

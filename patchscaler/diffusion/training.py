@@ -1,7 +1,7 @@
 """What the diffusion-side training scripts share (`patchscaler.train.texture`, `.rtm`,
 `.dit`, `.calibrate_pgs`): the latent patch pairs they learn from, the train/held-out
-split of the photos, the frozen GRM that makes ``y0``, and run plumbing (log file,
-atomic checkpoints, a wall-clock budget, clean stop on SIGINT/SIGTERM).
+split of the photos and the frozen GRM that makes ``y0``. Run plumbing (log file,
+checkpoints, time budget, signals) is in `patchscaler.train.common`.
 
 Patch pairs. An aligned random crop (LR ``c×c``, HR ``4c×4c``) goes through the frozen
 GRM; the crop's latents ``y0`` (GRM), ``x0`` (codec of the HR crop) and ``C`` are then
@@ -18,9 +18,6 @@ the RTM builder, only by evaluation and PGS calibration.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 import warnings
 from pathlib import Path
 
@@ -30,82 +27,23 @@ from torch import Tensor
 from patchscaler.codec import PixelUnshuffleCodec
 from patchscaler.data.dataset import PairPool, augment
 from patchscaler.models.rtm import image_id
+from patchscaler.train.common import DEFAULT_DATA, add_run_args
 
 __all__ = [
     "DEFAULT_DATA",
     "HELD_OUT_MODULUS",
-    "RunLog",
-    "RunControl",
-    "atomic_save",
     "split_entries",
     "load_frozen_grm",
     "LatentPatchPairs",
     "add_common_args",
 ]
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
 HELD_OUT_MODULUS = 20
-
-
-class RunLog:
-    """Prints timestamped lines and appends them to ``path``."""
-
-    def __init__(self, path: str | os.PathLike):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "a", buffering=1)
-
-    def __call__(self, msg: str) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        print(line, flush=True)
-        self.f.write(line + "\n")
-
-
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary name, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class RunControl:
-    """Wall-clock budget (``minutes``, None = none), periodic checkpoints, SIGINT/SIGTERM → stop cleanly."""
-
-    def __init__(self, minutes: float | None, ckpt_minutes: float = 5.0):
-        self.t0 = time.time()
-        self.minutes = minutes
-        self.ckpt_seconds = ckpt_minutes * 60
-        self.last_ckpt = time.time()
-        self.signalled = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        self.signalled = True  # finish the current step, checkpoint, exit
-
-    def elapsed(self) -> float:
-        return time.time() - self.t0
-
-    def out_of_time(self) -> bool:
-        return self.signalled or (self.minutes is not None and self.elapsed() >= self.minutes * 60)
-
-    def checkpoint_due(self) -> bool:
-        if time.time() - self.last_ckpt >= self.ckpt_seconds:
-            self.last_ckpt = time.time()
-            return True
-        return False
 
 
 def add_common_args(p, out_default: str) -> None:
     """Arguments every diffusion-side script takes."""
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="folder of HR training photos (recursive)")
-    p.add_argument("--out", default=out_default, help="run folder (log, checkpoints)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt when it exists")
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; checkpoints and stops when spent")
-    p.add_argument("--ckpt-minutes", type=float, default=5.0, help="checkpoint interval")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    add_run_args(p, out_default)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-images", type=int, default=None, help="use only the first N photos (tiny smoke runs)")

@@ -39,14 +39,13 @@ import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.codec import PixelUnshuffleCodec
 from patchscaler.diffusion.training import (
     LatentPatchPairs,
-    RunControl,
-    RunLog,
     add_common_args,
     load_frozen_grm,
     open_pool,
     split_entries,
 )
 from patchscaler.metrics.hf_ratio import hf_energy
+from patchscaler.train.common import RunControl, RunLog
 from patchscaler.metrics.ycbcr import y_channel
 from patchscaler.models.dit import DEFAULT_DIT_PATH, load_dit
 from patchscaler.models.rtm import DEFAULT_RTM_PATH, load_rtm

@@ -36,19 +36,19 @@ import torch.nn.functional as F
 
 import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.diffusion.schedule import make_alphas_cumprod
-from patchscaler.diffusion.training import (
-    LatentPatchPairs,
-    RunControl,
-    RunLog,
-    add_common_args,
-    atomic_save,
-    load_frozen_grm,
-    open_pool,
-    split_entries,
-)
+from patchscaler.diffusion.training import LatentPatchPairs, add_common_args, load_frozen_grm, open_pool, split_entries
 from patchscaler.models.dit import DEFAULT_DIT_PATH, PatchDiT, PatchDiTConfig, save_dit
 from patchscaler.models.rtm import DEFAULT_RTM_PATH, load_rtm
 from patchscaler.sampling.pgs import PGSConfig
+from patchscaler.train.common import (
+    RunControl,
+    RunLog,
+    atomic_save,
+    load_last,
+    restore_trainer_state,
+    trainer_state,
+    update_ema,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,13 +119,10 @@ def train(a) -> None:
         if rtm.image_ids is None:
             raise ValueError(f"{a.rtm} has no image ids: cannot exclude the training photo from retrieval")
 
-    ck = None
-    if a.resume and (out / "last.pt").is_file():
-        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        cfg = PatchDiTConfig.from_dict(ck["config"])
-        log(f"resuming from {out / 'last.pt'} at step {ck['step']}")
-    else:
-        cfg = None  # made once the held-out patches are there (anchor_sigma="auto" measures on them)
+    ck = load_last(a, log)
+    # Without a checkpoint the config is made once the held-out patches are there
+    # (anchor_sigma="auto" measures on them).
+    cfg = PatchDiTConfig.from_dict(ck["config"]) if ck else None
 
     pool = open_pool(a, a.lr_crop, log)
     train_idx, held_idx = split_entries(pool)
@@ -163,12 +160,8 @@ def train(a) -> None:
     gen = torch.Generator().manual_seed(a.seed)
     step, val_result = 0, {}
     if ck:
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        step, val_result = ck["step"], ck.get("val", {})
+        step = restore_trainer_state(ck, model, ema, opt, gen)
+        val_result = ck.get("val", {})
     n_params = sum(p.numel() for p in model.parameters())
     log(f"PatchDiT {cfg} params={n_params} amp={amp} rtm={a.rtm} ({len(rtm) if rtm is not None else 0} entries) args={vars(a)}")
 
@@ -197,9 +190,7 @@ def train(a) -> None:
 
     def checkpoint() -> None:
         atomic_save(
-            {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-             "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
-             "args": vars(a), "val": val_result},
+            trainer_state(model, ema, opt, gen, step) | {"config": cfg.to_dict(), "args": vars(a), "val": val_result},
             out / "last.pt",
         )
 
@@ -231,10 +222,7 @@ def train(a) -> None:
             continue
         opt.step()
         step += 1
-        d = min(a.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
+        update_ema(ema, model, a.ema, step)
         meter += loss.item()
         n += 1
         if step % a.log_every == 0:

@@ -20,7 +20,6 @@ import copy
 import json
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -33,22 +32,28 @@ from patchscaler.data.images import list_images, load_image, modcrop
 from patchscaler.data.resize import bicubic_downscale
 from patchscaler.models.grm import GRM, GRMConfig, weights_path
 from patchscaler.models.losses import DEFAULT_ETA, DEFAULT_LAMBDA, GRMLoss
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from patchscaler.train.common import (
+    DATA_ROOT,
+    RunControl,
+    RunLog,
+    add_run_args,
+    atomic_save,
+    load_last,
+    restore_trainer_state,
+    trainer_state,
+    update_ema,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m patchscaler.train.grm", description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(DEFAULT_DATA / "train"), help="folder of HR training photos (recursive)")
-    p.add_argument("--val-root", default=str(DEFAULT_DATA / "benchmark"), help="folder with Set5/HR, Set14/HR, ...")
+    add_run_args(p, "runs/grm", ckpt_minutes=3.0)
+    p.add_argument("--val-root", default=str(DATA_ROOT / "benchmark"), help="folder with Set5/HR, Set14/HR, ...")
     p.add_argument("--val-sets", default="Set5,Set14", help="comma-separated benchmark sets for validation")
-    p.add_argument("--out", default="runs/grm", help="run folder (checkpoints, metrics.log)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
     p.add_argument("--export", action="store_true", help="export the EMA weights of a checkpoint and exit")
     p.add_argument("--evaluate", action="store_true", help="print val metrics of a checkpoint's EMA weights and exit")
     p.add_argument("--export-from", default="best", choices=["best", "last"], help="checkpoint to export/evaluate")
     p.add_argument("--export-to", default=None, help="safetensors path (default: the package's weights)")
-    p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     p.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step; schedule unchanged")
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--channels", type=int, default=48)
@@ -64,24 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lam", type=float, default=DEFAULT_LAMBDA)
     p.add_argument("--eta", type=float, default=DEFAULT_ETA)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast for the trunk")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--val-minutes", type=float, default=12.0)
-    p.add_argument("--ckpt-minutes", type=float, default=3.0)
     p.add_argument("--cache", default=None, help="pair-pool cache file (default OUT/../cache/pool_x{scale}.pt)")
     return p.parse_args(argv)
-
-
-class Logger:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "a", buffering=1)
-
-    def __call__(self, msg: str) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
-        print(line, flush=True)
-        self.f.write(line + "\n")
 
 
 def lr_at(step: int, a: argparse.Namespace) -> float:
@@ -147,12 +139,6 @@ def validate(model: GRM, val: dict, scale: int) -> dict[str, float]:
     return res
 
 
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def export(a: argparse.Namespace, log) -> Path:
     """Write the EMA weights of ``OUT/{best,last}.pt`` as safetensors (fp16 when lossless) + JSON."""
     from safetensors.torch import save_file
@@ -200,7 +186,7 @@ def export(a: argparse.Namespace, log) -> Path:
 def train(a: argparse.Namespace) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = Logger(out / "metrics.log")
+    log = RunLog(out / "metrics.log")
     torch.set_num_threads(a.threads)
     if a.export:
         export(a, log)
@@ -213,13 +199,11 @@ def train(a: argparse.Namespace) -> None:
         r = validate(model, load_val_sets(a.val_root, a.val_sets, model.config.scale), model.config.scale)
         log(f"evaluate {a.export_from} step {ck['step']} (EMA): " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
         return
-    t_start = time.time()
+    ctl = RunControl(a.minutes, a.ckpt_minutes)
 
-    ck = None
-    if a.resume and (out / "last.pt").is_file():
-        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    ck = load_last(a, log)
+    if ck is not None:
         cfg = GRMConfig.from_dict(ck["config"])
-        log(f"resuming from {out / 'last.pt'} at step {ck['step']}")
     else:
         cfg = GRMConfig(scale=a.scale, channels=a.channels, blocks=a.blocks, expand=a.expand)
     torch.manual_seed(a.seed)
@@ -233,12 +217,8 @@ def train(a: argparse.Namespace) -> None:
     gen = torch.Generator().manual_seed(a.seed)
     step, best = 0, -math.inf
     if ck is not None:
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        step, best = ck["step"], ck.get("best", -math.inf)
+        step = restore_trainer_state(ck, model, ema, opt, gen)
+        best = ck.get("best", -math.inf)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"GRM {cfg} params={n_params} bf16={a.bf16} threads={a.threads} batch={a.batch} lr_patch={a.lr_patch}")
 
@@ -251,27 +231,16 @@ def train(a: argparse.Namespace) -> None:
 
     def checkpoint(tag: str = "last") -> None:
         atomic_save(
-            {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-             "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "config": cfg.__dict__,
-             "best": best, "args": vars(a)},
+            trainer_state(model, ema, opt, gen, step) | {"config": cfg.__dict__, "best": best, "args": vars(a)},
             out / f"{tag}.pt",
         )
 
-    stop = {"flag": False}
-
-    def on_signal(signum, frame):
-        stop["flag"] = True  # finish the current step, checkpoint, exit
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    last_ckpt = last_val = time.time()
-    if ck is None:
-        last_val = 0.0  # validate the bicubic-initialised model once at the start
+    # A fresh run validates the bicubic-initialised model once at the start.
+    last_val = time.time() if ck is not None else 0.0
     meter = {"loss": 0.0, "l1": 0.0, "conf": 0.0, "n": 0}
     t_log, steps_log = time.time(), 0
     end = a.total_steps if a.stop_at is None else min(a.total_steps, a.stop_at)
-    while not stop["flag"] and step < end:
+    while not ctl.signalled and step < end:
         now = time.time()
         if now - last_val >= a.val_minutes * 60:
             r = validate(ema, val, cfg.scale)
@@ -283,10 +252,9 @@ def train(a: argparse.Namespace) -> None:
                 log(f"new best {best:.4f} at step {step}")
             last_val = time.time()
             t_log = time.time()  # validation time is not training throughput
-        if now - last_ckpt >= a.ckpt_minutes * 60:
+        if ctl.checkpoint_due():
             checkpoint()
-            last_ckpt = time.time()
-        if a.minutes is not None and now - t_start >= a.minutes * 60:
+        if ctl.time_up():
             log(f"time limit of {a.minutes} min reached")
             break
 
@@ -311,11 +279,7 @@ def train(a: argparse.Namespace) -> None:
             continue
         opt.step()
         step += 1
-        # EMA warms up (short average early) so early validations are meaningful.
-        d = min(a.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
+        update_ema(ema, model, a.ema, step)
         meter["loss"] += loss.item()
         meter["l1"] += parts["l1"]
         meter["conf"] += parts["conf"]

@@ -29,16 +29,9 @@ import torch
 import torch.nn.functional as F
 
 import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
-from patchscaler.diffusion.training import (
-    LatentPatchPairs,
-    RunControl,
-    RunLog,
-    add_common_args,
-    atomic_save,
-    open_pool,
-    split_entries,
-)
+from patchscaler.diffusion.training import LatentPatchPairs, add_common_args, open_pool, split_entries
 from patchscaler.models.rtm import DEFAULT_RTM_PATH, ReferenceTextureMemory
+from patchscaler.train.common import RunControl, RunLog, atomic_save
 from patchscaler.train.texture import DEFAULT_EXPORT as DEFAULT_TEXTURE, load_texture_encoder
 
 

@@ -28,17 +28,17 @@ import torch
 import torch.nn.functional as F
 
 import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
-from patchscaler.diffusion.training import (
-    LatentPatchPairs,
+from patchscaler.diffusion.training import LatentPatchPairs, add_common_args, load_frozen_grm, open_pool, split_entries
+from patchscaler.models.texture import TextureEncoder, TextureEncoderConfig
+from patchscaler.train.common import (
     RunControl,
     RunLog,
-    add_common_args,
     atomic_save,
-    load_frozen_grm,
-    open_pool,
-    split_entries,
+    load_last,
+    restore_trainer_state,
+    trainer_state,
+    update_ema,
 )
-from patchscaler.models.texture import TextureEncoder, TextureEncoderConfig
 
 # An intermediate, not a shipped weight: `patchscaler.train.rtm` bundles the encoder
 # into the memory file, which is what inference loads.
@@ -129,10 +129,7 @@ def train(a) -> None:
     ctl = RunControl(a.minutes, a.ckpt_minutes)
     device = torch.device(a.device)
 
-    ck = None
-    if a.resume and (out / "last.pt").is_file():
-        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        log(f"resuming from {out / 'last.pt'} at step {ck['step']}")
+    ck = load_last(a, log)
     cfg = TextureEncoderConfig.from_dict(ck["config"]) if ck else TextureEncoderConfig()
     torch.manual_seed(a.seed)
     model = TextureEncoder(cfg).to(device)
@@ -141,11 +138,7 @@ def train(a) -> None:
     gen = torch.Generator().manual_seed(a.seed)
     step = 0
     if ck:
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
-        step = ck["step"]
+        step = restore_trainer_state(ck, model, ema, opt, gen)
     log(f"texture encoder {cfg} params={sum(p.numel() for p in model.parameters())} args={vars(a)}")
 
     pool = open_pool(a, a.lr_crop, log)
@@ -163,9 +156,10 @@ def train(a) -> None:
         return r
 
     def checkpoint(val_result=None) -> None:
+        # Training draws random numbers from `gen` only: no global RNG state to keep.
         atomic_save(
-            {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-             "gen": gen.get_state(), "config": cfg.to_dict(), "args": vars(a), "val": val_result or {}},
+            trainer_state(model, ema, opt, gen, step, torch_rng=False)
+            | {"config": cfg.to_dict(), "args": vars(a), "val": val_result or {}},
             out / "last.pt",
         )
 
@@ -181,12 +175,7 @@ def train(a) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        d = min(a.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
-            for be, bm in zip(ema.buffers(), model.buffers()):
-                be.copy_(bm)
+        update_ema(ema, model, a.ema, step)
         meter += loss.item()
         n += 1
         if step % a.log_every == 0:
