@@ -2,7 +2,7 @@
 
 One latent patch at a time::
 
-    concat(y0, y_t) [P, 96, 16, 16] --2×2 patchify--> 64 tokens of width d
+    concat(y0, y_t) [P, 96, 16, 16] --4×4 patchify--> 16 tokens of width d
         --depth × [adaLN-Zero self-attention, adaLN-Zero cross-attention to the
                    texture prompt, adaLN-Zero MLP]  (conditioning c = embed(t))
         --adaLN final layer, unpatchify--> F [P, 48, 16, 16]
@@ -73,10 +73,13 @@ class PatchDiTConfig:
     """
 
     latent_channels: int = 48
-    patch_size: int = 2
-    width: int = 192
+    # Size: chosen by benchmarks/dit_cpu_budget.py (results/dit-cpu-budget.md) to fit the
+    # CPU time bars. A 4×4 token is 16×16 HR pixels (the footprint of a DiT/2 token on an
+    # 8× VAE latent); at equal CPU time it buys ~1.3× the FLOPs and ~4× the params of 2×2 tokens.
+    patch_size: int = 4
+    width: int = 256
     depth: int = 6
-    heads: int = 6
+    heads: int = 8
     mlp_ratio: float = 4.0
     value_dim: int = 128
     value_tokens: int = 4
