@@ -12,18 +12,17 @@ the variable must be set before triton.jit functions are created.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from device_params import DEVICES
-from patchscaler.kernels import TRITON_AVAILABLE
+from device_params import (
+    DEVICES,
+    needs_interpreter,
+    run_interpreted_tests,
+    runs_interpreter_child,
+)
 from patchscaler.ops.retrieve import reference_topk_retrieve, topk_retrieve, topk_retrieve_triton
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # (M, N, D, k): sizes 1, primes, k = N, k = 64, several query blocks and key tiles.
@@ -178,18 +177,9 @@ def test_device_mismatch_is_reported():
 # Triton kernel under the interpreter (CPU tensors)
 # ----------------------------------------------------------------------------------
 
-needs_interpreter = pytest.mark.skipif(
-    not (INTERPRETED and TRITON_AVAILABLE), reason="runs in the child process of test_triton_interpreted"
-)
-
-
-@pytest.mark.skipif(INTERPRETED or not TRITON_AVAILABLE, reason="needs triton; runs the interpreted tests")
+@runs_interpreter_child
 def test_triton_interpreted():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "test_interp_", __file__]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+    run_interpreted_tests(__file__)
 
 
 @needs_interpreter
