@@ -137,13 +137,17 @@ RowIndex build_row_index_aten(const at::Tensor& origins, int64_t ph, int64_t B, 
   const int64_t P = origins.size(0);
   auto opts = origins.options();
   // Patch ids in (x origin, id) order: a stable sort by x keeps ids ascending on ties.
-  auto order = std::get<1>(at::sort(origins.select(1, 2), /*stable=*/true, /*dim=*/0));
+  // Spell out the optional<bool>: `at::sort(t, true, 0)` binds to the
+  // sort(self, dim, descending) overload (bool -> int64 beats bool -> optional),
+  // i.e. dim=1 of a 1-D tensor.
+  const std::optional<bool> stable = true;
+  auto order = std::get<1>(at::sort(origins.select(1, 2), stable, /*dim=*/0, /*descending=*/false));
   auto first_row = (origins.select(1, 0) * H + origins.select(1, 1)).index_select(0, order);
   // One entry per (patch, covered row); a stable sort by row keeps the (x, id) order
   // within each row.
   auto rows = (first_row.unsqueeze(1) + at::arange(ph, opts).unsqueeze(0)).reshape({P * ph});
   auto ids = order.unsqueeze(1).expand({P, ph}).reshape({P * ph});
-  auto sorted = at::sort(rows, /*stable=*/true, /*dim=*/0);
+  auto sorted = at::sort(rows, stable, /*dim=*/0, /*descending=*/false);
   RowIndex index;
   index.row_patch = ids.index_select(0, std::get<1>(sorted));
   index.row_ptr = at::searchsorted(std::get<0>(sorted), at::arange(B * H + 1, opts));
@@ -166,6 +170,16 @@ TORCH_LIBRARY_FRAGMENT(patchscaler, m) {
   m.def(
       "blend_patches.out(Tensor patches, Tensor origins, Tensor window, int B, int H, int W, "
       "*, Tensor(a!) out) -> Tensor(a!)");
+  // The CUDA blend's coverage index, exposed so it is tested on every device
+  // (it is built with device-generic ATen ops).
+  m.def("_blend_row_index(Tensor origins, int ph, int B, int H) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(patchscaler, CompositeExplicitAutograd, m) {
+  m.impl("_blend_row_index", [](const at::Tensor& origins, int64_t ph, int64_t B, int64_t H) {
+    RowIndex index = build_row_index_aten(origins.contiguous(), ph, B, H);
+    return std::make_tuple(index.row_ptr, index.row_patch);
+  });
 }
 
 }  // namespace patchscaler

@@ -136,6 +136,24 @@ def test_blend_is_weighted_mean_of_stacked_patches(device):
     torch.testing.assert_close(out[0, :, 1:4, 2:6], patches.mean(0), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", SHAPES + [(1, 1, 5, 5, 2, 2, 0)])
+@pytest.mark.parametrize("device", DEVICES)
+def test_blend_row_index(shape, device):
+    """The coverage index the CUDA blend searches (built from ATen ops, so testable on CPU):
+    row r = b*H + y lists the patches of image b covering y, ordered by (x origin, id)."""
+    B, C, H, W, ph, pw, P = shape
+    origins = random_origins(P, B, H, W, ph, pw, device, torch.Generator().manual_seed(1))
+    row_ptr, row_patch = torch.ops.patchscaler._blend_row_index(origins, ph, B, H)
+    assert row_ptr.shape == (B * H + 1,) and row_patch.shape == (P * ph,)
+    o = origins.cpu().tolist()
+    row_ptr, row_patch = row_ptr.cpu().tolist(), row_patch.cpu().tolist()
+    for b in range(B):
+        for y in range(H):
+            r = b * H + y
+            expected = sorted((ox, p) for p, (pb, oy, ox) in enumerate(o) if pb == b and oy <= y < oy + ph)
+            assert row_patch[row_ptr[r] : row_ptr[r + 1]] == [p for _, p in expected], (b, y)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_patch_list(device):
     x = torch.randn(1, 3, 4, 4, device=device)

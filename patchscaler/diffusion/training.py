@@ -155,7 +155,7 @@ class LatentPatchPairs:
         return len(self.offsets) ** 2
 
     def crops(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """``(lr [n,3,c,c], hr [n,3,4c,4c])`` float in [0,1] and ``image_id [n]``."""
+        """``(lr [n,3,c,c], hr [n,3,4c,4c])`` uint8 and ``image_id [n]`` (converted on the device in `sample`)."""
         c = self.lr_crop
         pick = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         lrs, hrs = [], []
@@ -168,7 +168,7 @@ class LatentPatchPairs:
             lr, hr = augment(e.lr[:, y : y + c, x : x + c], e.hr[:, 4 * y : 4 * (y + c), 4 * x : 4 * (x + c)], code)
             lrs.append(lr)
             hrs.append(hr)
-        return torch.stack(lrs).float() / 255.0, torch.stack(hrs).float() / 255.0, self.ids[pick]
+        return torch.stack(lrs), torch.stack(hrs), self.ids[pick]
 
     def _cut(self, z: Tensor) -> Tensor:
         """``[n,C,c,c]`` → ``[n·per_crop, C, p, p]`` (crop-major, then row-major offsets)."""
@@ -179,9 +179,11 @@ class LatentPatchPairs:
     @torch.no_grad()
     def sample(self, n_crops: int, generator: torch.Generator) -> dict[str, Tensor]:
         lr, hr, ids = self.crops(n_crops, generator)
-        out = {"x0": self._cut(self.codec.encode(hr.to(self.device))), "image_id": ids.repeat_interleave(self.per_crop)}
+        # uint8 crosses to the device (4x fewer bytes) and becomes float there.
+        hr = hr.to(self.device).float() / 255.0
+        out = {"x0": self._cut(self.codec.encode(hr)), "image_id": ids.repeat_interleave(self.per_crop)}
         if self.grm is not None:
-            y0, conf = self.grm(lr.to(self.device))
+            y0, conf = self.grm(lr.to(self.device).float() / 255.0)
             out["y0"] = self._cut(y0.float())
             out["conf"] = self._cut(conf.float())
         return out

@@ -158,9 +158,14 @@ def train(a) -> None:
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.999), weight_decay=0.0)
     gen = torch.Generator().manual_seed(a.seed)
+    # Per-step noise is drawn where it is used: on a GPU, a CPU generator making
+    # ~6M normals per step (and the copy) would cost more than the training step.
+    noise_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(a.seed + 1)
     step, val_result = 0, {}
     if ck:
         step = restore_trainer_state(ck, model, ema, opt, gen)
+        if "noise_gen" in ck and noise_gen is not gen:
+            noise_gen.set_state(ck["noise_gen"])
         val_result = ck.get("val", {})
     n_params = sum(p.numel() for p in model.parameters())
     log(f"PatchDiT {cfg} params={n_params} amp={amp} rtm={a.rtm} ({len(rtm) if rtm is not None else 0} entries) args={vars(a)}")
@@ -190,7 +195,9 @@ def train(a) -> None:
 
     def checkpoint() -> None:
         atomic_save(
-            trainer_state(model, ema, opt, gen, step) | {"config": cfg.to_dict(), "args": vars(a), "val": val_result},
+            trainer_state(model, ema, opt, gen, step)
+            | {"config": cfg.to_dict(), "args": vars(a), "val": val_result}
+            | ({"noise_gen": noise_gen.get_state()} if noise_gen is not gen else {}),
             out / "last.pt",
         )
 
@@ -202,7 +209,7 @@ def train(a) -> None:
         x0, y0 = batch["x0"], batch["y0"]
         P = x0.shape[0]
         t = torch.randint(0, a.t_max + 1, (P,), generator=gen).to(device)
-        eps = torch.randn(x0.shape, generator=gen).to(device)
+        eps = torch.randn(x0.shape, generator=noise_gen, device=device)
         drop = (torch.rand(P, generator=gen) < a.drop_prompt).to(device)
         a_t = ac[t].view(-1, 1, 1, 1)
         y_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
