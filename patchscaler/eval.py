@@ -130,6 +130,31 @@ def _grm(scale: int, device: torch.device) -> Method:
     return model.upscale
 
 
+def _diffusion_method(sampler: str, scale: int, device: torch.device) -> Method:
+    """The whole pipeline with `sampler`; reports DiT patch-evaluations and patches per image."""
+    from patchscaler.api import get_pipeline
+
+    pipe = get_pipeline(sampler, scale, device, torch.float32)
+
+    def run(lr: Tensor) -> tuple[Tensor, dict[str, float]]:
+        (sr, groups), = pipe.upscale_images([lr[0]], seed=0)
+        return sr[None], {"dit_evaluations": groups.evaluations, "patches": int(groups.group.numel())}
+
+    return run
+
+
+@register_method("pgs")
+def _pgs(scale: int, device: torch.device) -> Method:
+    """PatchScaler: GRM, then patch-adaptive group sampling with the Patch-DiT."""
+    return _diffusion_method("pgs", scale, device)
+
+
+@register_method("uniform")
+def _uniform(scale: int, device: torch.device) -> Method:
+    """The baseline PGS is judged against: every patch the hard group's (T3, N3)."""
+    return _diffusion_method("uniform", scale, device)
+
+
 @dataclass
 class Dataset:
     """A named list of HR image files."""
@@ -349,11 +374,29 @@ def format_table(results: dict) -> str:
             )
             extra = {k: v for k, v in r.items() if k not in (*METRICS, "seconds", "images")}
             if extra:
-                lines.append(" " * 22 + "  ".join(f"{k}={_fmt(float(v), 4)}" for k, v in extra.items()))
+                n = max(1, r["images"])
+                lines.append(" " * 22 + "  ".join(f"{k}={float(v):.0f} ({float(v) / n:.1f}/image)" for k, v in extra.items()))
             totals[m] = totals.get(m, 0.0) + r["seconds"]
+        lines += _pgs_vs_uniform(ds, per_method)
     for m, s in totals.items():
         lines.append(f"{'total':<10} {m:<10} {'':>7} {'':>7} {'':>7} {'':>6} {s:>9.2f}")
     return "\n".join(lines)
+
+
+def _pgs_vs_uniform(ds: str, per_method: dict) -> list[str]:
+    """One line comparing PGS with the uniform sampler when both ran (the method's claim)."""
+    p, u = per_method.get("pgs"), per_method.get("uniform")
+    if not (p and u and "psnr" in p and "psnr" in u):
+        return []
+    parts = []
+    if u.get("dit_evaluations"):
+        parts.append(f"evaluations {p.get('dit_evaluations', 0) / u['dit_evaluations']:.3f}x")
+    if u["seconds"] > 0:
+        parts.append(f"time {p['seconds'] / u['seconds']:.3f}x")
+    parts.append(f"PSNR {p['psnr'] - u['psnr']:+.2f} dB")
+    if p["niqe"] is not None and u["niqe"] is not None:
+        parts.append(f"NIQE {p['niqe'] - u['niqe']:+.3f}")
+    return [f"{ds:<10} pgs/uniform: " + ", ".join(parts)]
 
 
 def _json_safe(obj):

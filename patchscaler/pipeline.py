@@ -172,7 +172,7 @@ def build_sampler(name: str, device: torch.device, dtype: torch.dtype) -> Callab
 
         raise WeightsNotAvailableError(
             f"sampler {name!r} needs the Patch-DiT weights ({DEFAULT_DIT_PATH.name}), which this install "
-            "of patchscaler does not ship yet; use sampler='none' (the GRM alone) or train them with "
+            "of patchscaler does not include; use sampler='none' (the GRM alone) or train them with "
             "`python -m patchscaler.train.dit`"
         )
     from patchscaler.sampling import DiTDenoiser, PGSSampler, UniformSampler

@@ -233,3 +233,25 @@ def test_pgs_with_the_patch_dit_and_texture_memory():
     torch.testing.assert_close(a.x0, b.x0, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError):
         PGSSampler(den, PGSConfig(prediction="eps"))
+
+
+def test_calibration_chooses_within_the_evaluation_budget():
+    from patchscaler.train.calibrate_pgs import choose_groups
+
+    simple = [(100, 1, 30.0), (150, 2, 30.5)]
+    medium = [(250, 2, 20.0), (350, 4, 21.0)]
+    hard = [(450, 6, 15.0), (600, 12, 16.0)]
+    sizes = [50, 38, 12]
+    # Unbounded budget: the best mean score, i.e. the best of every group.
+    assert choose_groups([simple, medium, hard], sizes, budget=1.0, tolerance=0.0) == ((150, 2), (350, 4), (600, 12))
+    # Budget 0.3: (150,2),(350,4),(600,12) costs (100+152+144)/1200 = 0.33 > 0.3. Affordable:
+    # (100,1),(350,4) at 0.29 (mean score 24.90) and (150,2),(250,2) at 0.27 (24.77).
+    chosen = choose_groups([simple, medium, hard], sizes, budget=0.3, tolerance=0.0)
+    (t1, n1), (t2, n2), (t3, n3) = chosen
+    assert (sizes[0] * n1 + sizes[1] * n2 + sizes[2] * n3) / (sum(sizes) * n3) <= 0.3
+    assert t1 < t2 < t3 and n1 <= n2 <= n3
+    assert chosen == ((100, 1), (350, 4), (600, 12))
+    # A tolerance that covers both picks the cheaper one.
+    assert choose_groups([simple, medium, hard], sizes, budget=0.3, tolerance=0.2) == ((150, 2), (250, 2), (600, 12))
+    # Nothing affordable.
+    assert choose_groups([simple, medium, hard], sizes, budget=0.05, tolerance=0.0) is None

@@ -120,6 +120,11 @@ class LatentPatchPairs:
       ``image_id [M]`` int64, with M = n_crops·per_crop; float32 on ``device``.
     With ``grm=None`` only ``x0`` and ``image_id`` are made (crops of exactly p LR pixels).
     Deterministic given the generator's state.
+
+    ``per_photo=False`` picks crops in proportion to each photo's area (training: every
+    pixel is as likely as any other); ``True`` gives every photo the same share, the way
+    benchmark scores average over images (PGS calibration: a few large wallpapers with
+    blurred backgrounds would otherwise decide the thresholds).
     """
 
     def __init__(
@@ -131,6 +136,7 @@ class LatentPatchPairs:
         patch: int = 16,
         margin: int = 8,
         device: torch.device | str = "cpu",
+        per_photo: bool = False,
     ):
         if not entries:
             raise ValueError("no photos to sample from")
@@ -147,6 +153,8 @@ class LatentPatchPairs:
         c = self.lr_crop
         w = [max(0, pool.entries[i].lr.shape[1] - c + 1) * max(0, pool.entries[i].lr.shape[2] - c + 1) for i in self.entries]
         self.weights = torch.tensor(w, dtype=torch.float64)
+        if per_photo:
+            self.weights = (self.weights > 0).double()
         if self.weights.sum() == 0:
             raise ValueError(f"no photo is large enough for an LR crop of {c}")
 

@@ -1,21 +1,23 @@
 """Calibrate Patch-adaptive Group Sampling: thresholds γ1, γ2 and (T_i, N_i) per group.
 
     python -m patchscaler.train.calibrate_pgs                  # → patchscaler/weights/pgs_config.json
-    python -m patchscaler.train.calibrate_pgs --crops 128 --fractions 0.4,0.35,0.25
+    python -m patchscaler.train.calibrate_pgs --crops 160 --fractions 0.5,0.38,0.12 --threads 2
 
 On latent patches of held-out photos (never seen by the GRM, texture, RTM or DiT
 trainers, see `patchscaler.diffusion.training`), with the frozen GRM, DiT and RTM:
 
-1. Thresholds from confidence quantiles: with group shares ``--fractions``
+1. Thresholds from confidence quantiles (crops drawn with every held-out photo
+   equally likely, as benchmark means weigh every image equally): with group shares ``--fractions``
    (simple, medium, hard), γ1 is the (1 − f_simple) quantile of the Qmap (mean
    confidence per patch) and γ2 its f_hard quantile.
 2. Per-group sweep: every candidate (T, N) of the group's grid denoises the group's
    patches. Score (dB) = PSNR of the decoded 64×64 patches − ``--hf-weight`` ×
    |log2 HF-ratio| (HF ratio: SR vs HR luma energy above half Nyquist, energy-weighted
    over the group's patches), which rewards fidelity and penalises both missing and
-   invented detail. The cheapest candidate (fewest steps, then lowest T) within
-   ``--tolerance`` dB of the group's best is chosen; groups are chosen simple →
-   medium → hard keeping T1 < T2 < T3 and N1 ≤ N2 ≤ N3.
+   invented detail. The groups' (T, N) are then chosen together (`choose_groups`):
+   the best patch-weighted mean score among combinations with T1 < T2 < T3,
+   N1 ≤ N2 ≤ N3 that spend at most ``--budget`` of the uniform sampler's
+   evaluations (the cheapest within ``--tolerance`` dB of it).
 3. Trade-off: PGS with the chosen config against the uniform baseline (every patch
    N3 steps from T3) on all patches, in one run: patch-evaluations and wall time of
    each, PSNR / HF ratio of both and of the GRM alone. Written into the config's
@@ -55,7 +57,7 @@ from patchscaler.sampling.pgs import DEFAULT_PGS_CONFIG_PATH, GROUP_NAMES, PGSCo
 DEFAULT_GRIDS = (
     "100:1,150:1,150:2,200:2",
     "250:2,300:3,350:4,350:6",
-    "450:6,600:8,600:12,600:15",
+    "450:6,600:6,600:8,600:12",
 )
 
 
@@ -65,14 +67,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grm-checkpoint", default=None, help="GRM .pt/.safetensors (default: packaged weights; 'bicubic' for smoke tests)")
     p.add_argument("--dit", default=str(DEFAULT_DIT_PATH))
     p.add_argument("--rtm", default=str(DEFAULT_RTM_PATH), help="texture memory; 'none' for the no-reference prompt")
-    p.add_argument("--crops", type=int, default=96, help="held-out LR crops (4 patches each at the default sizes)")
+    p.add_argument("--crops", type=int, default=160, help="held-out LR crops (4 patches each at the default sizes)")
     p.add_argument("--lr-crop", type=int, default=48)
-    p.add_argument("--fractions", default="0.4,0.35,0.25", help="target shares of simple, medium, hard patches")
+    p.add_argument("--fractions", default="0.5,0.38,0.12",
+                   help="target shares of simple, medium, hard patches (sized so PGS spends <= 1/3 of uniform's evaluations)")
     p.add_argument("--grid-simple", default=DEFAULT_GRIDS[0], help="candidates T:N,...")
     p.add_argument("--grid-medium", default=DEFAULT_GRIDS[1])
     p.add_argument("--grid-hard", default=DEFAULT_GRIDS[2])
     p.add_argument("--hf-weight", type=float, default=1.0, help="dB of score per octave of HF-energy error")
-    p.add_argument("--tolerance", type=float, default=0.1, help="dB below the group's best still accepted")
+    p.add_argument("--tolerance", type=float, default=0.05, help="dB of mean score below the best still accepted (then the cheapest wins)")
+    p.add_argument("--budget", type=float, default=0.3, help="largest share of the uniform sampler's evaluations PGS may spend")
     p.add_argument("--batch", type=int, default=256, help="max patches per DiT call")
     p.add_argument("--export-to", default=str(DEFAULT_PGS_CONFIG_PATH))
     return p.parse_args(argv)
@@ -99,6 +103,35 @@ def score(q: dict, hf_weight: float) -> float:
     return q["psnr"] - hf_weight * abs(math.log2(max(q["hf_ratio"], 1e-6)))
 
 
+def choose_groups(
+    table: list[list[tuple[int, int, float]]], sizes: list[int], budget: float, tolerance: float
+) -> tuple[tuple[int, int], ...] | None:
+    """The (T, N) of each group, chosen jointly.
+
+    table[g]: candidates (T, N, score) of group g (simple, medium, hard); sizes[g]: its
+    patches. Among combinations with T1 < T2 < T3, N1 ≤ N2 ≤ N3 and an evaluation cost
+    Σ sizes·N / (Σ sizes · N3) ≤ ``budget`` (PGS against the uniform sampler, which
+    gives every patch N3 steps), take the best patch-weighted mean score; among those
+    within ``tolerance`` of it, the cheapest. None when no combination fits the budget.
+    """
+    total = max(1, sum(sizes))
+    best_rows = []
+    for s_ in table[0]:
+        for m in table[1]:
+            for h in table[2]:
+                if not (s_[0] < m[0] < h[0] and s_[1] <= m[1] <= h[1]):
+                    continue
+                cost = (sizes[0] * s_[1] + sizes[1] * m[1] + sizes[2] * h[1]) / (total * h[1])
+                if cost > budget:
+                    continue
+                mean = (sizes[0] * s_[2] + sizes[1] * m[2] + sizes[2] * h[2]) / total
+                best_rows.append((mean, cost, ((s_[0], s_[1]), (m[0], m[1]), (h[0], h[1]))))
+    if not best_rows:
+        return None
+    top = max(r[0] for r in best_rows)
+    return min((r for r in best_rows if r[0] >= top - tolerance), key=lambda r: (r[1], -r[0]))[2]
+
+
 def calibrate(a) -> None:
     out = Path(a.out)
     log = RunLog(out / "calibrate.log")
@@ -110,7 +143,7 @@ def calibrate(a) -> None:
     pool = open_pool(a, a.lr_crop, log)
     _, held_idx = split_entries(pool)
     grm = load_frozen_grm(a.grm_checkpoint, device)
-    held = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, device=device)
+    held = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, device=device, per_photo=True)
     data = held.sample(a.crops, torch.Generator().manual_seed(a.seed))
     y0, x0 = data["y0"], data["x0"]
     qmap = data["conf"].mean(dim=(1, 2, 3))
@@ -138,13 +171,14 @@ def calibrate(a) -> None:
     sweep_path = out / "sweep.json"
     sweep = json.loads(sweep_path.read_text()) if a.resume and sweep_path.is_file() else {}
     grids = [_grid(a.grid_simple), _grid(a.grid_medium), _grid(a.grid_hard)]
-    chosen: list[tuple[int, int]] = []
+    table: list[list[tuple[int, int, float]]] = []  # per group: (T, N, score)
+    sizes = torch.bincount(group, minlength=3).tolist()
     for g, grid in enumerate(grids):
         members = torch.nonzero(group == g).squeeze(1)
         name = GROUP_NAMES[g]
         if members.numel() == 0:
-            log(f"{name}: no patches; keeping the default {base.groups[g]}")
-            chosen.append(base.groups[g])
+            log(f"{name}: no patches; its candidates all score 0")
+            table.append([(T, N, 0.0) for T, N in grid])
             continue
         rows = []
         for T, N in grid:
@@ -161,22 +195,16 @@ def calibrate(a) -> None:
                 sweep_path.parent.mkdir(parents=True, exist_ok=True)
                 sweep_path.write_text(json.dumps(sweep, indent=1))
             r = sweep[key]
-            rows.append((T, N, score(r, a.hf_weight), r))
+            rows.append((T, N, score(r, a.hf_weight)))
             log(f"{name} T={T} N={N}: psnr {r['psnr']:.3f} hf {r['hf_ratio']:.3f} score {rows[-1][2]:.3f} "
                 f"({r['evaluations']} evals, {r['seconds']:.1f}s)")
         y0q = quality(y0[members], x0[members], codec)
         log(f"{name}: GRM alone psnr {y0q['psnr']:.3f} hf {y0q['hf_ratio']:.3f} score {score(y0q, a.hf_weight):.3f}")
-        prev_T, prev_N = chosen[-1] if chosen else (-1, 0)
-        ok = [row for row in rows if row[0] > prev_T and row[1] >= prev_N] or rows
-        best = max(row[2] for row in ok)
-        pick = min((row for row in ok if row[2] >= best - a.tolerance), key=lambda row: (row[1], row[0]))
-        chosen.append((pick[0], pick[1]))
-        log(f"{name}: chose T={pick[0]} N={pick[1]} (score {pick[2]:.3f}, best {best:.3f})")
-
-    # Fix the ordering if an empty group kept a default that breaks it.
-    for g in (1, 2):
-        if not (chosen[g][0] > chosen[g - 1][0] and chosen[g][1] >= chosen[g - 1][1]):
-            chosen[g] = (max(chosen[g][0], chosen[g - 1][0] + 1), max(chosen[g][1], chosen[g - 1][1]))
+        table.append(rows)
+    chosen = choose_groups(table, sizes, a.budget, a.tolerance)
+    if chosen is None:
+        raise SystemExit(f"no candidate combination spends <= {a.budget} of uniform's evaluations; widen the grids or raise --budget")
+    log(f"chose {chosen} (groups {dict(zip(GROUP_NAMES, sizes))}, budget {a.budget} of uniform)")
     cfg = PGSConfig(gammas=(g1, g2), groups=tuple(chosen), prediction=None)
 
     results = {}
@@ -186,7 +214,6 @@ def calibrate(a) -> None:
         results[label] = {**quality(res.x0, x0, codec), "seconds": round(time.time() - t0, 3),
                           "evaluations": res.evaluations, "dit_calls": res.dit_calls}
     results["grm"] = quality(y0, x0, codec)
-    sizes = torch.bincount(group, minlength=3).tolist()
     calibration = {
         "patches": P,
         "held_out_photos": len(held_idx),
@@ -197,8 +224,8 @@ def calibrate(a) -> None:
         "results": results,
         "score": f"PSNR(dB, RGB 64x64 patches) - {a.hf_weight} x |log2 HF ratio|",
         "sweep": sweep,
-        "dit": str(a.dit),
-        "rtm": str(a.rtm),
+        "dit": Path(a.dit).name,
+        "rtm": Path(a.rtm).name,
         "device": str(device),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
