@@ -162,7 +162,7 @@ def test_missing_dit_weights_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(api, "_PIPELINES", {})
     Image.fromarray(_rgb(3, 3)).save(tmp_path / "a.png")
     assert main([str(tmp_path / "a.png"), "--sampler", "pgs", "-q"]) == 2
-    assert "does not ship" in capsys.readouterr().err
+    assert "does not include" in capsys.readouterr().err
 
 
 def test_png16_roundtrip(tmp_path):

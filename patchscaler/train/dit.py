@@ -3,6 +3,8 @@
     python -m patchscaler.train.dit --minutes 600 --device cuda       # → runs/dit
     python -m patchscaler.train.dit --resume --minutes 120            # continue exactly
     python -m patchscaler.train.dit --export                          # → patchscaler/weights/dit_x4.safetensors
+    python -m patchscaler.train.dit --init patchscaler/weights/dit_x4.safetensors --device cuda --minutes 10
+                                                                      # continue the shipped model
 
 Data: ``(y0, x0)`` latent patch pairs, ``y0`` from the frozen GRM (``--grm-checkpoint``
 or the packaged weights), ``x0`` the codec latent of the HR crop (see
@@ -75,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-patches", type=int, default=256)
     p.add_argument("--val-every", type=int, default=2000)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--init", default=None,
+                   help="start a new run from exported weights (e.g. the shipped dit_x4.safetensors): "
+                        "its config and weights, a fresh optimiser; ignored when --resume finds a checkpoint")
     p.add_argument("--export", action="store_true", help="export OUT/last.pt's EMA weights and exit")
     p.add_argument("--export-to", default=str(DEFAULT_DIT_PATH))
     return p.parse_args(argv)
@@ -120,9 +125,15 @@ def train(a) -> None:
             raise ValueError(f"{a.rtm} has no image ids: cannot exclude the training photo from retrieval")
 
     ck = load_last(a, log)
+    init = None
+    if ck is None and a.init is not None:
+        from patchscaler.models.dit import load_dit
+
+        init = load_dit(a.init)
+        log(f"initialised from {a.init} (a fresh optimiser and step count)")
     # Without a checkpoint the config is made once the held-out patches are there
     # (anchor_sigma="auto" measures on them).
-    cfg = PatchDiTConfig.from_dict(ck["config"]) if ck else None
+    cfg = PatchDiTConfig.from_dict(ck["config"]) if ck else init.config if init is not None else None
 
     pool = open_pool(a, a.lr_crop, log)
     train_idx, held_idx = split_entries(pool)
@@ -154,7 +165,10 @@ def train(a) -> None:
     val_ts = sorted({t for t, _ in PGSConfig.load().groups if t <= a.t_max} | {a.t_max})
 
     torch.manual_seed(a.seed)
-    model = PatchDiT(cfg).to(device)
+    model = PatchDiT(cfg)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    model = model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.999), weight_decay=0.0)
     gen = torch.Generator().manual_seed(a.seed)
