@@ -14,7 +14,11 @@ embeddings of ``y0``.
 Evaluation: on held-out photos, a fixed set of ``--val-pairs`` (≥ 1000) patch pairs;
 each ``y0`` queries the keys of all the ``x0`` (brute force through
 `topk_retrieve`), and top-1 / top-K accuracy is how often its own partner is first /
-among the first K (chance: 1/n, K/n).
+among the first K (chance: 1/n, K/n). Those candidates come from random places of
+many photos, so even an untrained encoder finds the partner most of the time (y0 is
+already close to x0). ``--report`` adds the hard version: every patch on a stride-8
+grid of each whole held-out photo (neighbours overlap by half), so most candidates
+are shifted copies of the same texture, and compares with an untrained encoder.
 """
 
 from __future__ import annotations
@@ -61,7 +65,48 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--export", action="store_true", help="export OUT/last.pt's EMA encoder and exit")
     p.add_argument("--export-to", default=str(DEFAULT_EXPORT), help="where --export writes the EMA encoder (input of train.rtm)")
+    p.add_argument("--report", action="store_true",
+                   help="print the easy and the hard (dense same-photo) retrieval accuracy of the exported encoder and exit")
     return p.parse_args(argv)
+
+
+@torch.no_grad()
+def dense_held_out_pairs(pool, entries: list[int], grm, stride: int = 8, patch: int = 16, margin: int = 8) -> dict:
+    """Every ``patch``-sized latent patch on a ``stride`` grid of each whole photo (at least
+    ``margin`` pixels inside it): ``{"y0", "x0" [M,48,p,p], "image_id" [M]}``."""
+    from patchscaler.codec import PixelUnshuffleCodec
+    from patchscaler.models.rtm import image_id
+
+    codec = PixelUnshuffleCodec(4)
+    y0s, x0s, ids = [], [], []
+    for i in entries:
+        e = pool.entries[i]
+        y0, _ = grm(e.lr[None].float() / 255.0)
+        x0 = codec.encode(e.hr[None].float() / 255.0)
+        h, w = y0.shape[-2:]
+        for y in range(margin, h - margin - patch + 1, stride):
+            for x in range(margin, w - margin - patch + 1, stride):
+                y0s.append(y0[0, :, y : y + patch, x : x + patch])
+                x0s.append(x0[0, :, y : y + patch, x : x + patch])
+                ids.append(image_id(pool.names[i]))
+    return {"y0": torch.stack(y0s).float(), "x0": torch.stack(x0s), "image_id": torch.tensor(ids)}
+
+
+def report(a, log) -> None:
+    """Easy and hard held-out retrieval accuracy: exported encoder vs an untrained one."""
+    torch.set_num_threads(a.threads)
+    pool = open_pool(a, a.lr_crop, log)
+    _, held_idx = split_entries(pool)
+    grm = load_frozen_grm(a.grm_checkpoint, "cpu")
+    held_pairs = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop)
+    easy = held_pairs.sample(-(-a.val_pairs // held_pairs.per_crop), torch.Generator().manual_seed(12345))
+    hard = dense_held_out_pairs(pool, held_idx, grm)
+    torch.manual_seed(a.seed)
+    encoders = {"trained": load_texture_encoder(a.export_to), "untrained": TextureEncoder(TextureEncoderConfig())}
+    for name, enc in encoders.items():
+        for label, d in (("random pairs", easy), ("dense same-photo grid", hard)):
+            r = retrieval_accuracy(enc, d["y0"], d["x0"], a.top_k)
+            log(f"{name} encoder, {label}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -124,6 +169,9 @@ def train(a) -> None:
     log = RunLog(out / "train.log")
     if a.export:
         export(a, log)
+        return
+    if a.report:
+        report(a, log)
         return
     torch.set_num_threads(a.threads)
     ctl = RunControl(a.minutes, a.ckpt_minutes)

@@ -1,5 +1,5 @@
-"""`python -m patchscaler.train.dit` end to end on a tiny generated photo folder: a run,
-an exact `--resume`, `--export`, and `--init` from the exported weights."""
+"""Diffusion-side trainers end to end on a tiny generated photo folder: the DiT's run,
+exact `--resume`, `--export` and `--init`; the texture encoder's run, export and `--report`."""
 
 from __future__ import annotations
 
@@ -64,3 +64,31 @@ def test_train_resume_export_init(photos, tmp_path):
     assert ck["step"] == 1 and ck["config"]["width"] == 32  # the weights' config wins over --width
     moved = sum(float((ck["model"][k] - v).abs().sum()) for k, v in model.state_dict().items())
     assert 0 < moved < 1e3  # one small optimiser step away from the initial weights, not a new model
+
+
+@pytest.mark.filterwarnings("ignore:using an untrained GRM")
+def test_texture_report_dense_pairs(photos, tmp_path, capsys):
+    """The texture trainer's --report: the dense same-photo grid pairs are the right crops."""
+    from patchscaler.codec import PixelUnshuffleCodec
+    from patchscaler.data.dataset import PairPool
+    from patchscaler.diffusion.training import load_frozen_grm
+    from patchscaler.train import texture
+
+    pool = PairPool(photos, scale=4, min_hr_side=64)
+    grm = load_frozen_grm("bicubic")
+    d = texture.dense_held_out_pairs(pool, [0], grm, stride=8)
+    h, w = pool.entries[0].lr.shape[1:]
+    ny, nx = len(range(8, h - 8 - 16 + 1, 8)), len(range(8, w - 8 - 16 + 1, 8))
+    assert d["y0"].shape == (ny * nx, 48, 16, 16) == d["x0"].shape
+    x0 = PixelUnshuffleCodec(4).encode(pool.entries[0].hr[None].float() / 255.0)
+    torch.testing.assert_close(d["x0"][nx + 1], x0[0, :, 16:32, 16:32])  # second row, second column
+
+    out = tmp_path / "tex"
+    assert texture.main(["--data", str(photos), "--out", str(out), "--cache", str(out / "pool.pt"), "--grm-checkpoint",
+                         "bicubic", "--steps", "1", "--crops", "2", "--val-pairs", "8", "--threads", "1"]) == 0
+    assert texture.main(["--out", str(out), "--export", "--export-to", str(out / "enc.safetensors")]) == 0
+    assert texture.main(["--data", str(photos), "--out", str(out), "--cache", str(out / "pool.pt"), "--grm-checkpoint",
+                         "bicubic", "--report", "--export-to", str(out / "enc.safetensors"), "--val-pairs", "8",
+                         "--threads", "1"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "encoder," in ln]
+    assert len(lines) == 4 and all("top1=" in ln for ln in lines)
