@@ -8,7 +8,8 @@ comparison) and the two sizes of the CPU speed bars, 128×128 → 512×512 (≤ 
 
 The input is a crop of the bundled example photo, tiled by reflection up to the size
 (real texture and flat regions, so the confidence map and the groups are realistic).
-extra_info: "dit_evaluations" (denoiser patch-evaluations of the run), "patches", and
+Rows: PGS, PGS with bf16 models, the uniform sampler, the GRM alone (all fp32 but the
+bf16 row). extra_info: "dit_evaluations" (denoiser patch-evaluations of the run), "patches", and
 "evals_vs_uniform" (the share of the uniform sampler's evaluations this row spent).
 Each row is one timed call after one untimed warm-up (model loading is not timed):
 a 2048² diffusion upscale on a CPU takes tens of seconds, and the rows differ by
@@ -48,8 +49,8 @@ def _group(request, benchmark):
     benchmark.group = f"upscale x4 {s}x{s} -> {4 * s}x{4 * s} {DEVICE}"
 
 
-def _run(benchmark, sampler: str, side: int, full: bool) -> None:
-    pipe = get_pipeline(sampler, 4, DEVICE, torch.float32)
+def _run(benchmark, sampler: str, side: int, full: bool, dtype: torch.dtype = torch.float32) -> None:
+    pipe = get_pipeline(sampler, 4, DEVICE, dtype)
     lr = _input(side)
 
     def once():
@@ -74,6 +75,11 @@ def test_upscale_uniform(benchmark, full, side):
 
 def test_upscale_pgs(benchmark, full, side):
     _run(benchmark, "pgs", side, full)
+
+
+def test_upscale_pgs_bf16(benchmark, full, side):
+    """PGS with the models in bfloat16 (`dtype="bf16"`, the command's --bf16)."""
+    _run(benchmark, "pgs", side, full, torch.bfloat16)
 
 
 def test_upscale_grm_only(benchmark, full, side):
