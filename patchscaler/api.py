@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from patchscaler.pipeline import SAMPLERS, PatchScalerPipeline, sampler_available
+from patchscaler.sampling.pgs import QUALITY_PRESETS
 
 __all__ = ["upscale", "DEFAULT_MAX_OUTPUT_MEGAPIXELS", "SUPPORTED_SCALES", "default_sampler", "get_pipeline"]
 
@@ -134,14 +135,18 @@ _PIPELINES_LOCK = threading.Lock()
 
 
 def get_pipeline(
-    sampler: str = "none", scale: int = 4, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    sampler: str = "none",
+    scale: int = 4,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quality: str = "balanced",
 ) -> PatchScalerPipeline:
     """The shared pipeline for these settings (built on first use, then reused)."""
-    key = (sampler, scale, str(torch.device(device)), dtype)
+    key = (sampler, scale, str(torch.device(device)), dtype, quality if sampler != "none" else None)
     with _PIPELINES_LOCK:
         pipe = _PIPELINES.get(key)
         if pipe is None:
-            pipe = PatchScalerPipeline(sampler=sampler, scale=scale, device=device, dtype=dtype)
+            pipe = PatchScalerPipeline(sampler=sampler, scale=scale, device=device, dtype=dtype, quality=quality)
             _PIPELINES[key] = pipe
         return pipe
 
@@ -337,6 +342,7 @@ def upscale(
     *,
     scale: int = 4,
     sampler: str | None = None,
+    quality: str = "balanced",
     seed: int = 0,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
@@ -363,6 +369,11 @@ def upscale(
             alone, one network pass), or ``None``: ``"pgs"`` when its DiT weights ship
             with this install, otherwise ``"none"`` with a one-time warning.
             Asking for ``"pgs"``/``"uniform"`` without their weights raises.
+        quality: PGS preset: ``"fast"``, ``"balanced"`` (default) or ``"detail"``. Same
+            step counts per group, thresholds that put about 8 %, 12 % or 30 % of the
+            patches in the hard group (calibrated, ``weights/pgs_config.json``): ~0.19,
+            ~0.26 and ~0.43 of the uniform sampler's evaluations on held-out photos.
+            Ignored by ``sampler="none"`` and ``"uniform"``.
         seed: the diffusion noise of every patch is derived from ``seed`` and the patch's
             position in its image, so a result does not depend on the other images in
             the batch, on ``max_batch_patches`` or on the device's random state.
@@ -389,6 +400,8 @@ def upscale(
     """
     scale = _check_scale(scale)
     sampler_name = _check_sampler(sampler)
+    if quality not in QUALITY_PRESETS:
+        raise ValueError(f"quality must be one of {', '.join(map(repr, QUALITY_PRESETS))}, got {quality!r}")
     seed = _check_seed(seed)
     max_batch_patches = _check_max_batch(max_batch_patches)
     items, packing = _to_items(x, "x")
@@ -411,7 +424,7 @@ def upscale(
                     "(or None) if the memory is there"
                 )
 
-    pipe = get_pipeline(sampler_name, scale, dev, dt)
+    pipe = get_pipeline(sampler_name, scale, dev, dt, quality)
     results = pipe.upscale_images(
         [item.rgb for item in items], seed=seed, max_batch_patches=max_batch_patches, progress=progress
     )

@@ -172,6 +172,11 @@ def _parser() -> argparse.ArgumentParser:
         help="pgs: adaptive steps per patch (the method); uniform: every patch the hard group's steps; "
         "none: the GRM alone. Default: pgs when its weights ship with this install, else none",
     )
+    p.add_argument(
+        "--quality", choices=("fast", "balanced", "detail"), default="balanced",
+        help="PGS preset: fast / balanced / detail put about 8 / 12 / 30 %% of the patches in the hard "
+        "group (default balanced)",
+    )
     p.add_argument("--seed", type=int, default=0, help="noise seed (results are reproducible per seed)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     prec = p.add_mutually_exclusive_group()
@@ -305,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out, gmap = upscale(
                 arr,
                 sampler=sampler,
+                quality=args.quality,
                 seed=args.seed,
                 device=args.device,
                 dtype=dtype,

@@ -130,11 +130,11 @@ def _grm(scale: int, device: torch.device) -> Method:
     return model.upscale
 
 
-def _diffusion_method(sampler: str, scale: int, device: torch.device) -> Method:
+def _diffusion_method(sampler: str, scale: int, device: torch.device, quality: str = "balanced") -> Method:
     """The whole pipeline with `sampler`; reports DiT patch-evaluations and patches per image."""
     from patchscaler.api import get_pipeline
 
-    pipe = get_pipeline(sampler, scale, device, torch.float32)
+    pipe = get_pipeline(sampler, scale, device, torch.float32, quality)
 
     def run(lr: Tensor) -> tuple[Tensor, dict[str, float]]:
         (sr, groups), = pipe.upscale_images([lr[0]], seed=0)
@@ -147,6 +147,18 @@ def _diffusion_method(sampler: str, scale: int, device: torch.device) -> Method:
 def _pgs(scale: int, device: torch.device) -> Method:
     """PatchScaler: GRM, then patch-adaptive group sampling with the Patch-DiT."""
     return _diffusion_method("pgs", scale, device)
+
+
+@register_method("pgs-fast")
+def _pgs_fast(scale: int, device: torch.device) -> Method:
+    """PGS with the "fast" preset (fewer patches in the hard group)."""
+    return _diffusion_method("pgs", scale, device, "fast")
+
+
+@register_method("pgs-detail")
+def _pgs_detail(scale: int, device: torch.device) -> Method:
+    """PGS with the "detail" preset (more patches in the hard group)."""
+    return _diffusion_method("pgs", scale, device, "detail")
 
 
 @register_method("uniform")

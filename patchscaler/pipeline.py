@@ -36,6 +36,7 @@ Sampler interface (implemented by `patchscaler.sampling.PGSSampler` /
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -157,11 +158,14 @@ def sampler_available(name: str) -> bool:
     return False
 
 
-def build_sampler(name: str, device: torch.device, dtype: torch.dtype) -> Callable | None:
+def build_sampler(
+    name: str, device: torch.device, dtype: torch.dtype, quality: str = "balanced"
+) -> Callable | None:
     """The packaged sampler ``name`` on ``device``/``dtype``; None for "none".
 
-    Raises `WeightsNotAvailableError` when the Patch-DiT weights are not shipped:
-    asking for diffusion must never quietly return the GRM's output.
+    ``quality``: the shipped PGS config's preset ("fast", "balanced", "detail"; thresholds
+    only, so "uniform" is the same for all three). Raises `WeightsNotAvailableError` when the Patch-DiT
+    weights are not shipped: asking for diffusion must never quietly return the GRM's output.
     """
     if name == "none":
         return None
@@ -175,10 +179,20 @@ def build_sampler(name: str, device: torch.device, dtype: torch.dtype) -> Callab
             "of patchscaler does not include; use sampler='none' (the GRM alone) or train them with "
             "`python -m patchscaler.train.dit`"
         )
-    from patchscaler.sampling import DiTDenoiser, PGSSampler, UniformSampler
+    from patchscaler.sampling import PGSSampler, UniformSampler
+    from patchscaler.sampling.pgs import PGSConfig
 
-    denoiser = DiTDenoiser.from_pretrained(device=device, dtype=dtype)
-    return (PGSSampler if name == "pgs" else UniformSampler)(denoiser)
+    config = PGSConfig.load().preset(quality)
+    return (PGSSampler if name == "pgs" else UniformSampler)(_shipped_denoiser(device, dtype), config)
+
+
+@functools.lru_cache(maxsize=8)
+def _shipped_denoiser(device: torch.device, dtype: torch.dtype):
+    """The packaged DiT + texture memory, loaded once per (device, dtype) and shared by
+    every sampler built on them (presets differ only in their step counts)."""
+    from patchscaler.sampling import DiTDenoiser
+
+    return DiTDenoiser.from_pretrained(device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------------------ pipeline
@@ -224,6 +238,8 @@ class PatchScalerPipeline:
         grm_context: tile border (LR pixels) not trusted, ≥ the GRM's receptive radius.
         max_lr_pixels_per_run: at most this many LR pixels go through one sampler run
             (whole images; an image never splits across runs).
+        quality: PGS preset for a sampler given by name: "fast", "balanced" (default) or
+            "detail" (calibrated thresholds that send fewer or more patches to the hard group).
     """
 
     def __init__(
@@ -240,6 +256,7 @@ class PatchScalerPipeline:
         grm_tile: int = DEFAULT_GRM_TILE,
         grm_context: int = DEFAULT_GRM_CONTEXT,
         max_lr_pixels_per_run: int = DEFAULT_MAX_LR_PIXELS_PER_RUN,
+        quality: str = "balanced",
     ):
         self.scale = int(scale)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -259,9 +276,10 @@ class PatchScalerPipeline:
         else:
             grm = _on(grm, self.device, self.dtype)
         self.grm = grm
+        self.quality = quality
         if isinstance(sampler, str) or sampler is None:
             self.sampler_name = (sampler or "none").lower()
-            self.sampler = build_sampler(self.sampler_name, self.device, self.dtype)
+            self.sampler = build_sampler(self.sampler_name, self.device, self.dtype, quality)
         else:
             self.sampler_name = getattr(sampler, "name", None) or (
                 "uniform" if isinstance(sampler, UniformSampler) else "pgs"

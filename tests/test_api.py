@@ -38,7 +38,8 @@ def fake_models(monkeypatch):
         state["grm_loads"] += 1
         return copy.deepcopy(grm).to(device=device, dtype=dtype)
 
-    def build_sampler(name, device, dtype):
+    def build_sampler(name, device, dtype, quality="balanced"):
+        state.setdefault("qualities", []).append(quality)
         return None if name == "none" else tiny_sampler(name)
 
     monkeypatch.setattr(pipeline, "_load_shipped_grm", load_grm)
@@ -283,3 +284,27 @@ def test_progress_bars(fake_models, capsys):
     y = patchscaler.upscale(x, sampler="pgs", progress=True)
     assert y.shape == (3, 80, 80)
     assert "pgs denoising" in capsys.readouterr().err
+
+
+def test_quality_preset_reaches_the_sampler_and_is_checked(fake_models):
+    x = torch.rand(3, 8, 8)
+    patchscaler.upscale(x, sampler="pgs", quality="fast")
+    assert fake_models["qualities"][-1] == "fast"
+    patchscaler.upscale(x, sampler="pgs")
+    assert fake_models["qualities"][-1] == "balanced"
+    with pytest.raises(ValueError, match="quality must be one of"):
+        patchscaler.upscale(x, sampler="pgs", quality="max")
+
+
+def test_quality_presets_with_the_shipped_models():
+    """fast < balanced < detail in DiT evaluations on the bundled example (real weights)."""
+    from patchscaler.examples import example_path
+    from PIL import Image
+
+    img = Image.open(example_path())
+    evals = {}
+    for q in ("fast", "balanced", "detail"):
+        out, groups = patchscaler.upscale(img, sampler="pgs", quality=q, return_groups=True)
+        assert out.size == (512, 512)
+        evals[q] = groups.evaluations
+    assert evals["fast"] < evals["balanced"] < evals["detail"]

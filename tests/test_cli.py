@@ -222,3 +222,9 @@ def test_readme_example_command_with_shipped_weights(tmp_path):
     a = np.asarray(out, dtype=np.int16)
     b = np.asarray(Image.open(tmp_path / "grm.png"), dtype=np.int16)
     assert np.abs(a - b).mean() > 0.5
+
+
+def test_quality_option(fake_models, tmp_path):
+    Image.fromarray(_rgb(6, 6)).save(tmp_path / "a.png")
+    assert main([str(tmp_path / "a.png"), "--sampler", "pgs", "--quality", "detail", "-q"]) == 0
+    assert fake_models["qualities"][-1] == "detail"

@@ -255,3 +255,30 @@ def test_calibration_chooses_within_the_evaluation_budget():
     assert choose_groups([simple, medium, hard], sizes, budget=0.3, tolerance=0.2) == ((150, 2), (250, 2), (600, 12))
     # Nothing affordable.
     assert choose_groups([simple, medium, hard], sizes, budget=0.05, tolerance=0.0) is None
+
+
+def test_quality_presets_move_the_thresholds_only():
+    cfg = PGSConfig(
+        gammas=(0.5, 0.2), groups=((100, 1), (300, 3), (600, 12)),
+        presets={"fast": {"gammas": [0.3, 0.1]}, "detail": {"gammas": [0.8, 0.4]}},
+    )
+    assert cfg.preset("balanced") is cfg
+    fast, detail = cfg.preset("fast"), cfg.preset("detail")
+    assert fast.gammas == (0.3, 0.1) and detail.gammas == (0.8, 0.4)
+    assert fast.groups == detail.groups == cfg.groups
+    q = torch.linspace(0, 1, 101)
+    work = {name: sum(c.groups[g][1] for g in assign_groups(q, c.gammas).tolist()) for name, c in
+            (("fast", fast), ("balanced", cfg), ("detail", detail))}
+    assert work["fast"] < work["balanced"] < work["detail"]
+    with pytest.raises(ValueError, match="quality must be one of"):
+        cfg.preset("best")
+    with pytest.raises(ValueError, match="no 'fast' preset"):
+        PGSConfig().preset("fast")
+
+
+def test_shipped_presets_order_the_work():
+    """The shipped config carries both presets, ordered fast < balanced < detail in work."""
+    cfg = PGSConfig.load()
+    shares = [cfg.presets["fast"]["evaluations_vs_uniform"], cfg.calibration["results"]["pgs"]["evaluations"]
+              / cfg.calibration["results"]["uniform"]["evaluations"], cfg.presets["detail"]["evaluations_vs_uniform"]]
+    assert shares == sorted(shares) and shares[1] <= 1 / 3

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -39,6 +39,7 @@ __all__ = [
     "PGSSampler",
     "UniformSampler",
     "DEFAULT_PGS_CONFIG_PATH",
+    "QUALITY_PRESETS",
     "assign_groups",
     "patch_qmap",
     "derive_seeds",
@@ -49,6 +50,10 @@ DEFAULT_PGS_CONFIG_PATH = Path(__file__).resolve().parent.parent / "weights" / "
 
 SIMPLE, MEDIUM, HARD = 0, 1, 2
 GROUP_NAMES = ("simple", "medium", "hard")
+# Speed/quality presets: the same step counts with thresholds that send more patches to
+# the cheap ("fast") or the hard ("detail") groups (`patchscaler.train.calibrate_pgs`);
+# "balanced" is the config itself.
+QUALITY_PRESETS = ("fast", "balanced", "detail")
 
 
 @dataclass
@@ -63,6 +68,9 @@ class PGSConfig:
     prediction: "eps"/"v" to insist on a model type, None to take the denoiser's.
     clip_x0: clamp each step's x̂0 to [−clip_x0, clip_x0] (the latent of an image in
         [0, 1] lies in [−1, 1]); None: no clamp.
+    presets: {"fast": {"gammas": [γ1, γ2], ...}, "detail": {...}}: other thresholds for
+        the same (T_i, N_i), from the calibration (`preset`): "fast" puts more patches in
+        the cheap groups, "detail" more in the hard one.
     """
 
     gammas: tuple[float, float] = (0.7, 0.4)
@@ -72,6 +80,7 @@ class PGSConfig:
     schedule: str = "cosine"
     num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
     calibration: dict | None = field(default=None, compare=False)
+    presets: dict | None = field(default=None, compare=False)
 
     def __post_init__(self):
         self.gammas = tuple(float(g) for g in self.gammas)
@@ -101,6 +110,20 @@ class PGSConfig:
     def save(self, path: str | os.PathLike = DEFAULT_PGS_CONFIG_PATH) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def preset(self, name: str) -> "PGSConfig":
+        """This config with the thresholds of quality preset ``name`` (`QUALITY_PRESETS`).
+
+        "balanced" is the config itself. A preset the config does not carry (defaults, or a
+        calibration that found none within its budget) raises ValueError.
+        """
+        if name not in QUALITY_PRESETS:
+            raise ValueError(f"quality must be one of {', '.join(map(repr, QUALITY_PRESETS))}, got {name!r}")
+        if name == "balanced":
+            return self
+        if not self.presets or name not in self.presets:
+            raise ValueError(f"this PGS config has no {name!r} preset (run python -m patchscaler.train.calibrate_pgs)")
+        return replace(self, gammas=tuple(self.presets[name]["gammas"]))
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "PGSConfig":

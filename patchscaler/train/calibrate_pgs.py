@@ -18,7 +18,9 @@ trainers, see `patchscaler.diffusion.training`), with the frozen GRM, DiT and RT
    the best patch-weighted mean score among combinations with T1 < T2 < T3,
    N1 ≤ N2 ≤ N3 that spend at most ``--budget`` of the uniform sampler's
    evaluations (the cheapest within ``--tolerance`` dB of it).
-3. Trade-off: PGS with the chosen config against the uniform baseline (every patch
+3. Presets (`PGSConfig.preset`): "fast" and "detail" keep the groups' (T, N) and move
+   the thresholds to the group shares ``--fast-fractions`` / ``--detail-fractions``.
+4. Trade-off: PGS with the chosen config against the uniform baseline (every patch
    N3 steps from T3) on all patches, in one run: patch-evaluations and wall time of
    each, PSNR / HF ratio of both and of the GRM alone. Written into the config's
    ``calibration`` field together with the sweep table.
@@ -71,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr-crop", type=int, default=48)
     p.add_argument("--fractions", default="0.5,0.38,0.12",
                    help="target shares of simple, medium, hard patches (sized so PGS spends <= 1/3 of uniform's evaluations)")
+    p.add_argument("--fast-fractions", default="0.7,0.22,0.08", help="group shares of the 'fast' preset")
+    p.add_argument("--detail-fractions", default="0.3,0.4,0.3", help="group shares of the 'detail' preset")
     p.add_argument("--grid-simple", default=DEFAULT_GRIDS[0], help="candidates T:N,...")
     p.add_argument("--grid-medium", default=DEFAULT_GRIDS[1])
     p.add_argument("--grid-hard", default=DEFAULT_GRIDS[2])
@@ -84,6 +88,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _grid(spec: str) -> list[tuple[int, int]]:
     return [tuple(int(v) for v in item.split(":")) for item in spec.split(",") if item]
+
+
+def _fractions(spec: str) -> list[float]:
+    fr = [float(v) for v in spec.split(",")]
+    if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) < 0:
+        raise ValueError(f"group fractions must be three shares summing to 1, got {spec}")
+    return fr
+
+
+def _thresholds(qmap: torch.Tensor, fr: list[float]) -> tuple[float, float]:
+    """(γ1, γ2) that put shares ``fr`` (simple, medium, hard) of the patches in each group."""
+    g1 = float(qmap.quantile(1 - fr[0]))
+    g2 = float(qmap.quantile(fr[2]))
+    if not g1 > g2:  # a degenerate Qmap (e.g. constant confidence): keep the thresholds ordered
+        g1, g2 = g2 + 1e-6, g2
+    return g1, g2
 
 
 def quality(x0_hat: torch.Tensor, x0: torch.Tensor, codec: PixelUnshuffleCodec) -> dict:
@@ -152,13 +172,8 @@ def calibrate(a) -> None:
     log(f"{P} held-out patches from {len(held_idx)} photos; Qmap mean {float(qmap.mean()):.4f} "
         f"quantiles 10/50/90% {[round(float(v), 4) for v in qmap.quantile(torch.tensor([0.1, 0.5, 0.9]))]}")
 
-    fr = [float(v) for v in a.fractions.split(",")]
-    if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) < 0:
-        raise ValueError(f"--fractions must be three shares summing to 1, got {a.fractions}")
-    g1 = float(qmap.quantile(1 - fr[0]))
-    g2 = float(qmap.quantile(fr[2]))
-    if not g1 > g2:  # a degenerate Qmap (e.g. constant confidence): keep the thresholds ordered
-        g1, g2 = g2 + 1e-6, g2
+    fr = _fractions(a.fractions)
+    g1, g2 = _thresholds(qmap, fr)
     log(f"thresholds γ1={g1:.4f} γ2={g2:.4f}")
 
     dit = load_dit(a.dit, device=device)
@@ -205,7 +220,18 @@ def calibrate(a) -> None:
     if chosen is None:
         raise SystemExit(f"no candidate combination spends <= {a.budget} of uniform's evaluations; widen the grids or raise --budget")
     log(f"chose {chosen} (groups {dict(zip(GROUP_NAMES, sizes))}, budget {a.budget} of uniform)")
-    cfg = PGSConfig(gammas=(g1, g2), groups=tuple(chosen), prediction=None)
+    # Presets: the same step counts, other thresholds: "fast" sends more patches to the
+    # cheap groups, "detail" more to the hard one (Qmap quantiles at --fast-fractions /
+    # --detail-fractions), so compute grows fast < balanced < detail.
+    presets = {}
+    for name, spec in (("fast", a.fast_fractions), ("detail", a.detail_fractions)):
+        pf = _fractions(spec)
+        pg = _thresholds(qmap, pf)
+        pgroup = PGSSampler(denoiser, PGSConfig(gammas=pg)).assign_groups(qmap)
+        share = sum(int((pgroup == g).sum()) * chosen[g][1] for g in range(3)) / (P * chosen[2][1])
+        presets[name] = {"gammas": list(pg), "fractions": pf, "evaluations_vs_uniform": round(share, 4)}
+        log(f"preset {name}: γ=({pg[0]:.5f}, {pg[1]:.5f}), {share:.3f} of uniform's evaluations on the held-out patches")
+    cfg = PGSConfig(gammas=(g1, g2), groups=tuple(chosen), prediction=None, presets=presets or None)
 
     results = {}
     for label, sampler in (("pgs", PGSSampler(denoiser, cfg)), ("uniform", UniformSampler(denoiser, cfg))):
