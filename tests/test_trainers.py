@@ -1,5 +1,6 @@
 """Diffusion-side trainers end to end on a tiny generated photo folder: the DiT's run,
-exact `--resume`, `--export` and `--init`; the texture encoder's run, export and `--report`."""
+exact `--resume`, `--export` and `--init`; PGS calibration with that DiT; the texture
+encoder's run, export and `--report`."""
 
 from __future__ import annotations
 
@@ -56,6 +57,22 @@ def test_train_resume_export_init(photos, tmp_path):
     assert model.config.width == 32
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, resumed["ema"][k].half().float())
+
+    # PGS calibration with that (tiny) model writes a loadable config with both presets.
+    from patchscaler.sampling.pgs import PGSConfig
+    from patchscaler.train import calibrate_pgs
+
+    cfg_path = tmp_path / "pgs.json"
+    assert calibrate_pgs.main([
+        "--data", str(photos), "--out", str(tmp_path / "cal"), "--cache", str(out / "pool.pt"), "--grm-checkpoint",
+        "bicubic", "--rtm", "none", "--dit", str(exported), "--crops", "4", "--threads", "1",
+        "--grid-simple", "100:1", "--grid-medium", "250:2", "--grid-hard", "450:3,600:4", "--budget", "1.0",
+        "--export-to", str(cfg_path),
+    ]) == 0
+    cfg = PGSConfig.load(cfg_path)
+    assert cfg.groups[0] == (100, 1) and cfg.groups[1] == (250, 2) and cfg.groups[2] in ((450, 3), (600, 4))
+    assert set(cfg.presets) == {"fast", "detail"} and cfg.preset("fast").groups == cfg.groups
+    assert cfg.calibration["results"]["pgs"]["evaluations"] <= cfg.calibration["results"]["uniform"]["evaluations"]
 
     # --init starts a new run from those weights.
     fresh = tmp_path / "fresh"

@@ -133,6 +133,8 @@ def choose_groups(
     Σ sizes·N / (Σ sizes · N3) ≤ ``budget`` (PGS against the uniform sampler, which
     gives every patch N3 steps), take the best patch-weighted mean score; among those
     within ``tolerance`` of it, the cheapest. None when no combination fits the budget.
+    The yardstick is the uniform sampler of the same N3 (the baseline PGS is judged
+    against), so a larger N3 for the hard group leaves more room for the others.
     """
     total = max(1, sum(sizes))
     best_rows = []
