@@ -228,3 +228,21 @@ def test_quality_option(fake_models, tmp_path):
     Image.fromarray(_rgb(6, 6)).save(tmp_path / "a.png")
     assert main([str(tmp_path / "a.png"), "--sampler", "pgs", "--quality", "detail", "-q"]) == 0
     assert fake_models["qualities"][-1] == "detail"
+
+
+def test_example_comparison_picture(shared_data, tmp_path):
+    """`python -m patchscaler.examples.compare`: four labelled panels of the same region."""
+    import os
+
+    from patchscaler.examples import compare
+
+    photo = os.path.join(shared_data, "train", "photos", "lomiri16_seeding_by_Clements_Engelhardt.jpg")
+    out = compare.compare(tmp_path / "cmp.png", photo)
+    pic = Image.open(out)
+    w = compare.REGION[2] * compare.ZOOM
+    assert pic.size == (4 * w + 3 * 4, compare.REGION[3] * compare.ZOOM + compare.LABEL_HEIGHT)
+    # The GRM and PGS panels differ (the sampler ran), and PGS is not the bicubic panel.
+    a = np.asarray(pic, dtype=np.int16)
+    top = compare.LABEL_HEIGHT
+    panels = [a[top:, i * (w + 4) : i * (w + 4) + w] for i in range(4)]
+    assert np.abs(panels[1] - panels[2]).mean() > 0.5 and np.abs(panels[0] - panels[2]).mean() > 1.0
