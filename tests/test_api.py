@@ -308,3 +308,15 @@ def test_quality_presets_with_the_shipped_models():
         assert out.size == (512, 512)
         evals[q] = groups.evaluations
     assert evals["fast"] < evals["balanced"] < evals["detail"]
+
+
+def test_info_reports_build_and_shipped_weights(capsys):
+    from patchscaler import info
+
+    d = info.build_info()
+    assert set(d["op_kernels"]) >= {"gather_patches", "blend_patches", "group_denoise_step", "topk_retrieve"}
+    assert all(d["op_kernels"][op]["cpu"] for op in d["op_kernels"])
+    assert set(d["weights"]) == {"grm_x4", "dit_x4", "rtm_x4", "pgs_config"}
+    assert all(v.endswith("kB") for v in d["weights"].values())  # everything ships
+    info.main()
+    assert "weights (shipped):" in capsys.readouterr().out
