@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from patchscaler.pipeline import SAMPLERS, PatchScalerPipeline, sampler_available
-from patchscaler.sampling.pgs import QUALITY_PRESETS
+from patchscaler.sampling.pgs import check_quality
 
 __all__ = ["upscale", "DEFAULT_MAX_OUTPUT_MEGAPIXELS", "SUPPORTED_SCALES", "default_sampler", "get_pipeline"]
 
@@ -400,8 +400,7 @@ def upscale(
     """
     scale = _check_scale(scale)
     sampler_name = _check_sampler(sampler)
-    if quality not in QUALITY_PRESETS:
-        raise ValueError(f"quality must be one of {', '.join(map(repr, QUALITY_PRESETS))}, got {quality!r}")
+    check_quality(quality)  # here too: sampler="none" never reaches the PGS config
     seed = _check_seed(seed)
     max_batch_patches = _check_max_batch(max_batch_patches)
     items, packing = _to_items(x, "x")

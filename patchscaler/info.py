@@ -21,7 +21,7 @@ def _triton_version() -> str | None:
 
 
 def shipped_weights() -> dict:
-    """Each packaged weight file: present or not, with its size in MB."""
+    """Each packaged weight file: its size in kB, or "missing"."""
     from patchscaler.models.dit import DEFAULT_DIT_PATH
     from patchscaler.models.grm import weights_path
     from patchscaler.models.rtm import DEFAULT_RTM_PATH

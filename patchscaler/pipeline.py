@@ -189,7 +189,7 @@ def build_sampler(
 @functools.lru_cache(maxsize=8)
 def _shipped_denoiser(device: torch.device, dtype: torch.dtype):
     """The packaged DiT + texture memory, loaded once per (device, dtype) and shared by
-    every sampler built on them (presets differ only in their step counts)."""
+    every sampler built on them (the presets differ only in their thresholds)."""
     from patchscaler.sampling import DiTDenoiser
 
     return DiTDenoiser.from_pretrained(device=device, dtype=dtype)
@@ -276,7 +276,6 @@ class PatchScalerPipeline:
         else:
             grm = _on(grm, self.device, self.dtype)
         self.grm = grm
-        self.quality = quality
         if isinstance(sampler, str) or sampler is None:
             self.sampler_name = (sampler or "none").lower()
             self.sampler = build_sampler(self.sampler_name, self.device, self.dtype, quality)

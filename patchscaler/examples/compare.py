@@ -51,11 +51,11 @@ def compare(output: Path = DEFAULT_OUTPUT, photo: Path = DEFAULT_PHOTO) -> Path:
     with Image.open(photo) as im:
         box = (CROP_LEFT, CROP_TOP, CROP_LEFT + CROP_SIZE, CROP_TOP + CROP_SIZE)
         hr = torch.from_numpy(np.asarray(im.convert("RGB").crop(box)).astype(np.float32) / 255.0).permute(2, 0, 1)
-    _, groups = patchscaler.upscale(lr, sampler="pgs", return_groups=True)
+    pgs, groups = patchscaler.upscale(lr, sampler="pgs", return_groups=True)
     panels = [
         _panel(bicubic_upscale(lr[None], 4)[0], "bicubic"),
         _panel(patchscaler.upscale(lr, sampler="none"), "GRM alone"),
-        _panel(patchscaler.upscale(lr, sampler="pgs"), f"PatchScaler PGS ({groups.evaluations} patch-steps)"),
+        _panel(pgs, f"PatchScaler PGS ({groups.evaluations} patch-steps)"),
         _panel(hr, "original photo"),
     ]
     gap = 4

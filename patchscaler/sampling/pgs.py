@@ -40,6 +40,7 @@ __all__ = [
     "UniformSampler",
     "DEFAULT_PGS_CONFIG_PATH",
     "QUALITY_PRESETS",
+    "check_quality",
     "assign_groups",
     "patch_qmap",
     "derive_seeds",
@@ -54,6 +55,13 @@ GROUP_NAMES = ("simple", "medium", "hard")
 # the cheap ("fast") or the hard ("detail") groups (`patchscaler.train.calibrate_pgs`);
 # "balanced" is the config itself.
 QUALITY_PRESETS = ("fast", "balanced", "detail")
+
+
+def check_quality(name: str) -> str:
+    """``name`` if it is one of `QUALITY_PRESETS`, else ValueError."""
+    if name not in QUALITY_PRESETS:
+        raise ValueError(f"quality must be one of {', '.join(map(repr, QUALITY_PRESETS))}, got {name!r}")
+    return name
 
 
 @dataclass
@@ -114,12 +122,10 @@ class PGSConfig:
     def preset(self, name: str) -> "PGSConfig":
         """This config with the thresholds of quality preset ``name`` (`QUALITY_PRESETS`).
 
-        "balanced" is the config itself. A preset the config does not carry (defaults, or a
-        calibration that found none within its budget) raises ValueError.
+        "balanced" is the config itself. A preset the config does not carry (the defaults,
+        or a config calibrated before presets existed) raises ValueError.
         """
-        if name not in QUALITY_PRESETS:
-            raise ValueError(f"quality must be one of {', '.join(map(repr, QUALITY_PRESETS))}, got {name!r}")
-        if name == "balanced":
+        if check_quality(name) == "balanced":
             return self
         if not self.presets or name not in self.presets:
             raise ValueError(f"this PGS config has no {name!r} preset (run python -m patchscaler.train.calibrate_pgs)")

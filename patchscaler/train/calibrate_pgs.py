@@ -54,7 +54,14 @@ from patchscaler.metrics.ycbcr import y_channel
 from patchscaler.models.dit import DEFAULT_DIT_PATH, load_dit
 from patchscaler.models.rtm import DEFAULT_RTM_PATH, load_rtm
 from patchscaler.sampling.denoiser import DiTDenoiser
-from patchscaler.sampling.pgs import DEFAULT_PGS_CONFIG_PATH, GROUP_NAMES, PGSConfig, PGSSampler, UniformSampler
+from patchscaler.sampling.pgs import (
+    DEFAULT_PGS_CONFIG_PATH,
+    GROUP_NAMES,
+    PGSConfig,
+    PGSSampler,
+    UniformSampler,
+    assign_groups,
+)
 
 DEFAULT_GRIDS = (
     "100:1,150:1,150:2,200:2",
@@ -183,7 +190,7 @@ def calibrate(a) -> None:
     denoiser = DiTDenoiser(dit, rtm)
     codec = PixelUnshuffleCodec(4)
     base = PGSConfig(gammas=(g1, g2))
-    group = PGSSampler(denoiser, base).assign_groups(qmap)
+    group = assign_groups(qmap, base.gammas)
 
     sweep_path = out / "sweep.json"
     sweep = json.loads(sweep_path.read_text()) if a.resume and sweep_path.is_file() else {}
@@ -229,7 +236,7 @@ def calibrate(a) -> None:
     for name, spec in (("fast", a.fast_fractions), ("detail", a.detail_fractions)):
         pf = _fractions(spec)
         pg = _thresholds(qmap, pf)
-        pgroup = PGSSampler(denoiser, PGSConfig(gammas=pg)).assign_groups(qmap)
+        pgroup = assign_groups(qmap, pg)
         share = sum(int((pgroup == g).sum()) * chosen[g][1] for g in range(3)) / (P * chosen[2][1])
         presets[name] = {"gammas": list(pg), "fractions": pf, "evaluations_vs_uniform": round(share, 4)}
         log(f"preset {name}: γ=({pg[0]:.5f}, {pg[1]:.5f}), {share:.3f} of uniform's evaluations on the held-out patches")

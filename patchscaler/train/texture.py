@@ -70,6 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def validation_pairs(held_pairs: LatentPatchPairs, n_pairs: int) -> dict:
+    """The fixed held-out pairs of the training evaluation (the same in every run and in `--report`)."""
+    return held_pairs.sample(-(-n_pairs // held_pairs.per_crop), torch.Generator().manual_seed(12345))
+
+
 @torch.no_grad()
 def dense_held_out_pairs(pool, entries: list[int], grm, stride: int = 8, patch: int = 16, margin: int = 8) -> dict:
     """Every ``patch``-sized latent patch on a ``stride`` grid of each whole photo (at least
@@ -99,7 +104,7 @@ def report(a, log) -> None:
     _, held_idx = split_entries(pool)
     grm = load_frozen_grm(a.grm_checkpoint, "cpu")
     held_pairs = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop)
-    easy = held_pairs.sample(-(-a.val_pairs // held_pairs.per_crop), torch.Generator().manual_seed(12345))
+    easy = validation_pairs(held_pairs, a.val_pairs)
     hard = dense_held_out_pairs(pool, held_idx, grm)
     torch.manual_seed(a.seed)
     encoders = {"trained": load_texture_encoder(a.export_to), "untrained": TextureEncoder(TextureEncoderConfig())}
@@ -195,8 +200,7 @@ def train(a) -> None:
     train_pairs = LatentPatchPairs(pool, train_idx, grm, lr_crop=a.lr_crop, device=device)
     held_pairs = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, device=device)
     log(f"photos: {len(train_idx)} train, {len(held_idx)} held out; {train_pairs.per_crop} patches per crop")
-    vgen = torch.Generator().manual_seed(12345)  # the same held-out pairs in every evaluation and run
-    val = held_pairs.sample(-(-a.val_pairs // held_pairs.per_crop), vgen)
+    val = validation_pairs(held_pairs, a.val_pairs)
 
     def evaluate() -> dict:
         r = retrieval_accuracy(ema, val["y0"], val["x0"], a.top_k)
