@@ -77,3 +77,20 @@ def test_predownscale_factor():
     assert predownscale_factor(1024, 1280) == 1
     assert predownscale_factor(1080, 1920) == 2
     assert predownscale_factor(3391, 6028) == 4
+
+
+def test_degraded_batches_depend_on_seed_and_index_only(folder):
+    from patchscaler.data.dataset import DegradedBatches
+
+    pool = PairPool(folder, scale=4, min_hr_side=48)
+    stream = DegradedBatches(pool, lr_patch=8, batch=3, seed=2)
+    first = [b for _, b in zip(range(3), stream)]
+    resumed = next(iter(DegradedBatches(pool, lr_patch=8, batch=3, seed=2, start=2)))
+    assert torch.equal(first[2][0], resumed[0]) and torch.equal(first[2][1], resumed[1])
+    lr, hr = first[0]
+    assert lr.shape == (3, 3, 8, 8) and hr.shape == (3, 3, 32, 32)
+    assert not torch.equal(first[0][1], first[1][1])
+    # The HR crops are the pool's crops; the LR is not their clean bicubic downscale.
+    assert (bicubic_downscale(hr, 4) - lr).abs().max() > 2 / 255
+    with pytest.raises(ValueError, match="multiple of the scale"):
+        pool.sample_hr(2, 30, torch.Generator())

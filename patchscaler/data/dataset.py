@@ -30,7 +30,7 @@ from torch import Tensor
 from patchscaler.data.images import list_images, load_image, modcrop
 from patchscaler.data.resize import bicubic_downscale, imresize, quantize
 
-__all__ = ["PairPool", "RandomCropPairs", "predownscale_factor", "augment"]
+__all__ = ["PairPool", "RandomCropPairs", "DegradedBatches", "predownscale_factor", "augment"]
 
 
 def predownscale_factor(h: int, w: int, max_side: int = 1600, max_factor: int = 4) -> int:
@@ -139,7 +139,22 @@ class PairPool:
             w.append(max(0, h - lr_patch + 1) * max(0, wd - lr_patch + 1))
         return torch.tensor(w, dtype=torch.float64)
 
-    def sample(self, batch: int, lr_patch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def sample_hr(self, batch: int, hr_patch: int, generator: torch.Generator) -> Tensor:
+        """Random HR crops ``[B,3,p,p]`` float32 in [0, 1] (for on-the-fly degradation).
+
+        Same draw as :meth:`sample` (image ∝ crop positions, uniform position on the LR
+        grid so crops stay scale-aligned, one of 8 flips/rotations); ``hr_patch`` must be
+        a multiple of ``scale``.
+        """
+        s = self.scale
+        if hr_patch % s:
+            raise ValueError(f"hr_patch {hr_patch} is not a multiple of the scale {s}")
+        _, hr = self.sample(batch, hr_patch // s, generator, with_lr=False)
+        return hr
+
+    def sample(
+        self, batch: int, lr_patch: int, generator: torch.Generator, with_lr: bool = True
+    ) -> tuple[Tensor | None, Tensor]:
         """Random aligned crops: ``(lr [B,3,p,p], hr [B,3,sp,sp])`` float32 in [0, 1].
 
         Images are drawn with probability ∝ crop positions, then a uniform position and
@@ -162,7 +177,8 @@ class PairPool:
             lr, hr = augment(lr, hr, code)
             lrs.append(lr)
             hrs.append(hr)
-        return torch.stack(lrs).float() / 255.0, torch.stack(hrs).float() / 255.0
+        hr_batch = torch.stack(hrs).float() / 255.0
+        return (torch.stack(lrs).float() / 255.0 if with_lr else None), hr_batch
 
 
 class RandomCropPairs(torch.utils.data.Dataset):
@@ -182,3 +198,32 @@ class RandomCropPairs(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         lr, hr = self.pool.sample(1, self.lr_patch, g)
         return lr[0], hr[0]
+
+
+class DegradedBatches(torch.utils.data.IterableDataset):
+    """An endless stream of ``(lr [B,3,p,p], hr [B,3,sp,sp])`` real-degradation training batches.
+
+    Batch ``k`` is a function of ``(seed, k)`` only (its own generator draws the HR crops
+    and then the degradation), so a run resumed at step ``k`` sees exactly the batches
+    it would have seen, and a ``DataLoader`` worker can prepare them beside the training
+    process without sharing any random state with it.
+    """
+
+    def __init__(self, pool: PairPool, lr_patch: int, batch: int, seed: int = 0, start: int = 0, config=None):
+        from patchscaler.data.degradations import DegradationConfig
+
+        self.pool, self.lr_patch, self.batch, self.seed, self.start = pool, lr_patch, batch, seed, start
+        self.config = config or DegradationConfig(scale=pool.scale)
+
+    def batch_at(self, k: int) -> tuple[Tensor, Tensor]:
+        from patchscaler.data.degradations import degrade
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        hr = self.pool.sample_hr(self.batch, self.lr_patch * self.pool.scale, g)
+        return degrade(hr, self.config, g), hr
+
+    def __iter__(self):
+        k = self.start
+        while True:
+            yield self.batch_at(k)
+            k += 1

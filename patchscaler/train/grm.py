@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from patchscaler.codec import PixelUnshuffleCodec
-from patchscaler.data.dataset import PairPool
+from patchscaler.data.dataset import DegradedBatches, PairPool
 from patchscaler.data.images import list_images, load_image, modcrop
 from patchscaler.data.resize import bicubic_downscale
 from patchscaler.models.grm import GRM, GRMConfig, weights_path
@@ -73,7 +73,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--val-minutes", type=float, default=12.0)
     p.add_argument("--cache", default=None, help="pair-pool cache file (default OUT/../cache/pool_x{scale}.pt)")
+    p.add_argument(
+        "--degradation",
+        default="bicubic",
+        choices=["bicubic", "real"],
+        help="training LR: MATLAB bicubic of HR, or the high-order real-world pipeline on the fly "
+        "(validation LR then made by the same pipeline, seeded per image)",
+    )
+    p.add_argument("--init", default=None, help="start a fresh run from these GRM weights (safetensors or .pt)")
+    p.add_argument("--workers", type=int, default=1, help="processes preparing real-degradation batches")
     return p.parse_args(argv)
+
+
+def load_grm_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """fp32 GRM weights and their config from exported safetensors or a trainer checkpoint's EMA."""
+    if str(path).endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k).float() for k in f.keys()}
+        if "config" in meta:
+            return state, json.loads(meta["config"])
+        sidecar = Path(path).with_suffix(".json")
+        return state, json.loads(sidecar.read_text())["config"]
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    return ck["ema"], ck["config"]
 
 
 def lr_at(step: int, a: argparse.Namespace) -> float:
@@ -84,8 +109,12 @@ def lr_at(step: int, a: argparse.Namespace) -> float:
     return a.min_lr + 0.5 * (a.lr - a.min_lr) * (1 + math.cos(math.pi * t))
 
 
-def load_val_sets(root: str, names: str, scale: int) -> dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
-    """``{set: [(name, lr [1,3,h,w], hr [1,3,sh,sw])]}`` with the benchmark's MATLAB bicubic LR."""
+def load_val_sets(
+    root: str, names: str, scale: int, degradation: str = "bicubic"
+) -> dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
+    """``{set: [(name, lr [1,3,h,w], hr [1,3,sh,sw])]}``: MATLAB bicubic LR, or the seeded real one."""
+    from patchscaler.data.degradations import degrade_image
+
     out = {}
     for name in [n for n in names.split(",") if n]:
         folder = Path(root) / name / "HR"
@@ -94,7 +123,8 @@ def load_val_sets(root: str, names: str, scale: int) -> dict[str, list[tuple[str
         items = []
         for p in list_images(folder):
             hr = modcrop(load_image(p), scale)[None]
-            items.append((p.name, bicubic_downscale(hr, scale), hr))
+            lr = bicubic_downscale(hr, scale) if degradation == "bicubic" else degrade_image(hr[0], p.name)[None]
+            items.append((p.name, lr, hr))
         out[name] = items
     return out
 
@@ -151,7 +181,10 @@ def export(a: argparse.Namespace, log) -> Path:
     cfg = GRMConfig.from_dict(ck["config"])
     model = GRM(cfg)
     model.load_state_dict(ck["ema"])
-    val = load_val_sets(a.val_root, a.val_sets, cfg.scale)
+    degradation = ck.get("args", {}).get("degradation", "bicubic")
+    if degradation != "bicubic" and not a.export_to:
+        raise SystemExit(f"this run trained on {degradation!r} degradations: name the file with --export-to")
+    val = load_val_sets(a.val_root, a.val_sets, cfg.scale, degradation)
     r32 = validate(model, val, cfg.scale)
     half = GRM(cfg)
     half.load_state_dict({k: v.half().float() for k, v in ck["ema"].items()})
@@ -171,7 +204,9 @@ def export(a: argparse.Namespace, log) -> Path:
         "params": sum(v.numel() for v in ck["ema"].values()),
         "val_psnr_y_fp32": r32,
         "val_psnr_y_fp16": r16,
-        "protocol": "MATLAB bicubic x%d LR, PSNR on Y (BT.601), %d-px border crop" % (cfg.scale, cfg.scale),
+        "degradation": degradation,
+        "protocol": ("MATLAB bicubic" if degradation == "bicubic" else "seeded real-degradation")
+        + " x%d LR, PSNR on Y (BT.601), %d-px border crop" % (cfg.scale, cfg.scale),
         "train_args": ck.get("args", {}),
     }
     dst.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -196,7 +231,9 @@ def train(a: argparse.Namespace) -> None:
         ck = torch.load(ck_path if ck_path.is_file() else out / "last.pt", map_location="cpu", weights_only=False)
         model = GRM(GRMConfig.from_dict(ck["config"]))
         model.load_state_dict(ck["ema"])
-        r = validate(model, load_val_sets(a.val_root, a.val_sets, model.config.scale), model.config.scale)
+        degradation = ck.get("args", {}).get("degradation", "bicubic")
+        val = load_val_sets(a.val_root, a.val_sets, model.config.scale, degradation)
+        r = validate(model, val, model.config.scale)
         log(f"evaluate {a.export_from} step {ck['step']} (EMA): " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
         return
     ctl = RunControl(a.minutes, a.ckpt_minutes)
@@ -204,6 +241,11 @@ def train(a: argparse.Namespace) -> None:
     ck = load_last(a, log)
     if ck is not None:
         cfg = GRMConfig.from_dict(ck["config"])
+        # A run keeps the degradation it started with.
+        a.degradation = ck.get("args", {}).get("degradation", "bicubic")
+    elif a.init:
+        init_state, init_config = load_grm_state(a.init)
+        cfg = GRMConfig.from_dict(init_config)
     else:
         cfg = GRMConfig(scale=a.scale, channels=a.channels, blocks=a.blocks, expand=a.expand)
     torch.manual_seed(a.seed)
@@ -219,13 +261,27 @@ def train(a: argparse.Namespace) -> None:
     if ck is not None:
         step = restore_trainer_state(ck, model, ema, opt, gen)
         best = ck.get("best", -math.inf)
+    elif a.init:
+        model.load_state_dict(init_state)
+        ema.load_state_dict(init_state)
+        log(f"initialised from {a.init}")
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"GRM {cfg} params={n_params} bf16={a.bf16} threads={a.threads} batch={a.batch} lr_patch={a.lr_patch}")
+    log(
+        f"GRM {cfg} params={n_params} bf16={a.bf16} threads={a.threads} batch={a.batch} lr_patch={a.lr_patch} "
+        f"degradation={a.degradation}"
+    )
 
     cache = Path(a.cache) if a.cache else out.parent / "cache" / f"pool_x{cfg.scale}.pt"
     pool = PairPool(a.data, scale=cfg.scale, min_hr_side=cfg.scale * a.lr_patch, cache=cache, log=log)
     log(f"pair pool: {len(pool)} images, {sum(e.hr[0].numel() for e in pool.entries) / 1e6:.1f} M HR pixels")
-    val = load_val_sets(a.val_root, a.val_sets, cfg.scale)
+    val = load_val_sets(a.val_root, a.val_sets, cfg.scale, a.degradation)
+    if a.degradation != "bicubic":
+        # The floor to beat: plain bicubic upsampling of the same degraded LR.
+        from patchscaler.data.resize import bicubic_upscale
+
+        base = {n: sum(psnr_y(bicubic_upscale(lr, cfg.scale).clamp(0, 1)[0], hr[0], cfg.scale) for _, lr, hr in it)
+                / len(it) for n, it in val.items()}
+        log("val bicubic upsampling of the degraded LR: " + " ".join(f"{k}={v:.4f}" for k, v in base.items()))
     loss_fn = GRMLoss(a.lam, a.eta)
     codec = PixelUnshuffleCodec(cfg.scale)
 
@@ -240,6 +296,19 @@ def train(a: argparse.Namespace) -> None:
     meter = {"loss": 0.0, "l1": 0.0, "conf": 0.0, "n": 0}
     t_log, steps_log = time.time(), 0
     end = a.total_steps if a.stop_at is None else min(a.total_steps, a.stop_at)
+    batches = None
+    if a.degradation == "real":
+        # Degrading on the fly costs about half a training step: a worker process
+        # prepares batch k (a function of seed and k alone) while the model trains.
+        stream = DegradedBatches(pool, a.lr_patch, a.batch, seed=a.seed, start=step)
+        if a.workers > 0:
+            loader = torch.utils.data.DataLoader(
+                stream, batch_size=None, num_workers=a.workers, prefetch_factor=4,
+                worker_init_fn=lambda _: torch.set_num_threads(1),
+            )
+            batches = iter(loader)
+        else:
+            batches = iter(stream)
     while not ctl.signalled and step < end:
         now = time.time()
         if now - last_val >= a.val_minutes * 60:
@@ -258,7 +327,10 @@ def train(a: argparse.Namespace) -> None:
             log(f"time limit of {a.minutes} min reached")
             break
 
-        lr_img, hr_img = pool.sample(a.batch, a.lr_patch, gen)
+        if batches is None:
+            lr_img, hr_img = pool.sample(a.batch, a.lr_patch, gen)
+        else:
+            lr_img, hr_img = next(batches)
         lr_img = lr_img.contiguous(memory_format=torch.channels_last)
         x0 = codec.encode(hr_img)
         cur_lr = lr_at(step, a)
