@@ -4,11 +4,15 @@
         --data ../shared/data/benchmark/Set14 --scale 4 \
         --method bicubic --method grm --json results.json
 
-Protocol, per HR image (the standard bicubic-degradation benchmark):
+Protocol, per HR image (``--degradation bicubic``, the standard benchmark):
 
 * HR is cropped (bottom/right) to a multiple of the scale (`modcrop`);
 * LR = MATLAB-compatible bicubic 1/scale downscaling (antialiased), quantised to
   uint8 levels like the published LR files (`data.resize.bicubic_downscale`);
+  with ``--degradation real`` the LR is made by the real-world pipeline instead
+  (`data.degradations.degrade_image`: blur, resize, noise, JPEG twice, then sinc +
+  JPEG), seeded by the image's file name and ``--degradation-seed``, so every run
+  and every method sees the same LR;
 * SR = method(LR), clamped to [0, 1] and quantised to uint8 levels;
 * PSNR and SSIM on the BT.601 Y channel (on the grey values for single-channel
   HR files such as Set14 bridge.png, as the published MATLAB scripts do), NIQE of SR and the high-frequency energy
@@ -16,6 +20,11 @@ Protocol, per HR image (the standard bicubic-degradation benchmark):
 * seconds = wall time of the method calls only (data loading, LR synthesis and
   metrics excluded; CUDA synchronised), summed over the dataset's images. Each
   method first runs once untimed on a tiny input so lazy set-up is not counted.
+
+With ``--degradation none`` the files are themselves the LR inputs (real photos
+without ground truth, e.g. RealSRSet): only NIQE of SR and the HF ratio of SR
+against the bicubic ×scale upsampling of the input (how much high-frequency
+energy a method adds; 1 = as much as bicubic) are reported.
 
 Scores are means of per-image values. NIQE needs ≥ 96×96 pixels; smaller images
 get no NIQE and are left out of that mean. Non-finite means (PSNR of identical
@@ -218,16 +227,32 @@ def _is_single_channel_file(path: Path) -> bool:
         return im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
-def _load_pair(path: Path, scale: int) -> tuple[Tensor, Tensor]:
-    """(HR [1,3,H,W] modcropped, LR [1,3,H/s,W/s] MATLAB bicubic, uint8 levels), fp32 CPU."""
+DEGRADATIONS = ("bicubic", "real", "none")
+
+
+def _load_pair(path: Path, scale: int, degradation: str = "bicubic", seed: int = 0) -> tuple[Tensor | None, Tensor]:
+    """(HR [1,3,H,W] modcropped, LR [1,3,H/s,W/s] with uint8 levels), fp32 CPU.
+
+    ``degradation``: "bicubic" (MATLAB bicubic), "real" (the seeded real-world
+    pipeline), or "none" (the file is the LR; HR is None).
+    """
+    if degradation not in DEGRADATIONS:
+        raise EvalError(f"unknown degradation {degradation!r}; choose from {', '.join(DEGRADATIONS)}")
     try:
-        hr = modcrop(load_image(path), scale)[None]
+        img = load_image(path)
     except OSError as e:
         raise EvalError(f"{path}: cannot read image ({e})") from e
+    if degradation == "none":
+        return None, img[None]
+    hr = modcrop(img, scale)[None]
     # PSNR/SSIM crop `scale` px per side and SSIM needs an 11×11 window after that.
     if min(hr.shape[-2:]) < 2 * scale + 11:
         raise EvalError(f"{path}: image {tuple(hr.shape[-2:])} is too small for the x{scale} protocol "
                         f"(needs >= {2 * scale + 11} px per side)")
+    if degradation == "real":
+        from patchscaler.data.degradations import DegradationConfig, degrade_image
+
+        return hr, degrade_image(hr[0], path.name, seed, DegradationConfig(scale=scale))[None]
     return hr, bicubic_downscale(hr, scale)
 
 
@@ -249,9 +274,20 @@ def _run_timed(method: Method, lr: Tensor, device: torch.device) -> tuple[Tensor
     return sr.detach().float().cpu(), dict(stats), seconds
 
 
-def _image_metrics(sr: Tensor, hr: Tensor, border: int, grey: bool = False) -> dict[str, float]:
-    """All per-image metrics of a quantised SR against HR, on Y (`grey`: full-range grey) with `border` crop."""
+def _image_metrics(sr: Tensor, hr: Tensor | None, border: int, grey: bool = False, lr: Tensor | None = None) -> dict[str, float]:
+    """All per-image metrics of a quantised SR against HR, on Y (`grey`: full-range grey) with `border` crop.
+
+    Without HR (no ground truth): NIQE, and the HF ratio against the bicubic upsampling of ``lr``.
+    """
     h, w = sr.shape[-2] - 2 * border, sr.shape[-1] - 2 * border
+    if hr is None:
+        scale = sr.shape[-1] // lr.shape[-1]
+        return {
+            "psnr": math.nan,
+            "ssim": math.nan,
+            "niqe": niqe(sr, border) if min(h, w) >= NIQE_MIN_SIZE else math.nan,
+            "hf_ratio": hf_ratio(sr, quantize(bicubic_upscale(lr, scale).clamp(0, 1)), border),
+        }
     return {
         "psnr": psnr_y(sr, hr, border, grey),
         "ssim": ssim_y(sr, hr, border, grey),
@@ -260,7 +296,7 @@ def _image_metrics(sr: Tensor, hr: Tensor, border: int, grey: bool = False) -> d
     }
 
 
-def _metrics_one_thread(sr: Tensor, hr: Tensor, border: int, grey: bool) -> dict[str, float]:
+def _metrics_one_thread(sr: Tensor, hr: Tensor | None, border: int, grey: bool, lr: Tensor | None = None) -> dict[str, float]:
     """`_image_metrics` with torch limited to one CPU thread.
 
     The metrics are many small float64 ops that gain nothing from intra-op threads;
@@ -270,7 +306,7 @@ def _metrics_one_thread(sr: Tensor, hr: Tensor, border: int, grey: bool) -> dict
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _image_metrics(sr, hr, border, grey)
+        return _image_metrics(sr, hr, border, grey, lr)
     finally:
         torch.set_num_threads(n)
 
@@ -288,8 +324,12 @@ def evaluate(
     device: str | torch.device = "cpu",
     save_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    degradation: str = "bicubic",
+    degradation_seed: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Run `methods` on every image of `datasets`; returns {dataset: {method: scores}}.
+
+    `degradation` / `degradation_seed`: how the LR is made (see the module docstring).
 
     scores: psnr (dB), ssim, niqe, hf_ratio (means over images), seconds (summed wall
     time of the method calls), images (count) and any method counters (summed).
@@ -309,15 +349,16 @@ def evaluate(
         counters: dict[str, dict[str, float]] = {m: {} for m in methods}
         seconds = dict.fromkeys(methods, 0.0)
         for path in tqdm(ds.paths, desc=ds.name, unit="img", disable=not progress, file=sys.stderr):
-            hr, lr = _load_pair(path, scale)
-            grey = _is_single_channel_file(path)
+            hr, lr = _load_pair(path, scale, degradation, degradation_seed)
+            grey = _is_single_channel_file(path) and hr is not None
+            expected = (*lr.shape[:-2], lr.shape[-2] * scale, lr.shape[-1] * scale)
             for m in methods:
                 sr, stats, secs = _run_timed(runners[m], lr, device)
-                if sr.shape != hr.shape:
-                    raise EvalError(f"method {m!r} returned {tuple(sr.shape)} for {path}, expected {tuple(hr.shape)}")
+                if tuple(sr.shape) != expected:
+                    raise EvalError(f"method {m!r} returned {tuple(sr.shape)} for {path}, expected {expected}")
                 sr = quantize(sr.clamp(0, 1))
                 seconds[m] += secs
-                for k, v in _metrics_one_thread(sr, hr, scale, grey).items():
+                for k, v in _metrics_one_thread(sr, hr, scale, grey, lr).items():
                     per_image[m][k].append(v)
                 for k, v in stats.items():
                     counters[m][k] = counters[m].get(k, 0.0) + float(v)
@@ -337,7 +378,13 @@ def evaluate(
 
 
 def confidence_spearman(
-    ds: Dataset, scale: int = 4, device: str | torch.device = "cpu", patch: int = 16, progress: bool = True
+    ds: Dataset,
+    scale: int = 4,
+    device: str | torch.device = "cpu",
+    patch: int = 16,
+    progress: bool = True,
+    degradation: str = "bicubic",
+    degradation_seed: int = 0,
 ) -> tuple[float, int]:
     """Spearman ρ between GRM tile confidence and tile latent MSE over a dataset.
 
@@ -356,7 +403,7 @@ def confidence_spearman(
         raise EvalError(f"confidence check: {e}") from e
     cs, es = [], []
     for path in tqdm(ds.paths, desc=f"{ds.name} confidence", unit="img", disable=not progress, file=sys.stderr):
-        hr, lr = _load_pair(path, scale)
+        hr, lr = _load_pair(path, scale, degradation, degradation_seed)
         with torch.inference_mode():
             y0, conf = model(lr.to(device))
         x0 = model.codec.encode(hr)
@@ -438,6 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence-spearman", action="store_true",
                         help="also report Spearman(GRM tile confidence, tile MSE) per dataset, stored "
                              "in the 'grm' entry as confidence_spearman / confidence_tiles")
+    parser.add_argument("--degradation", default="bicubic", choices=DEGRADATIONS,
+                        help="how LR is made from HR: bicubic (MATLAB, the classic protocol), real (the "
+                             "real-world pipeline, seeded per image), none (the files are LR photos "
+                             "without ground truth: NIQE and HF ratio vs bicubic only)")
+    parser.add_argument("--degradation-seed", type=int, default=0, metavar="S",
+                        help="seed of the real-degradation protocol (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.scale < 1:
@@ -467,10 +520,14 @@ def main(argv: list[str] | None = None) -> int:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise EvalError(f"two --data folders have the same dataset name {sorted(dup)[0]!r}")
-        results = evaluate(datasets, methods, args.scale, device, args.save, not args.no_progress)
+        if args.degradation == "none" and args.confidence_spearman:
+            raise EvalError("--confidence-spearman needs ground truth: not with --degradation none")
+        results = evaluate(datasets, methods, args.scale, device, args.save, not args.no_progress,
+                           args.degradation, args.degradation_seed)
         if args.confidence_spearman:
             for ds in datasets:
-                rho, n = confidence_spearman(ds, args.scale, device, progress=not args.no_progress)
+                rho, n = confidence_spearman(ds, args.scale, device, progress=not args.no_progress,
+                                             degradation=args.degradation, degradation_seed=args.degradation_seed)
                 results[ds.name].setdefault("grm", {}).update(confidence_spearman=rho, confidence_tiles=n)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -197,3 +197,35 @@ def test_grm_method_and_confidence_run_on_an_untrained_grm(image_folder, monkeyp
     rho, n = ev.confidence_spearman(ds, scale=4, progress=False)
     assert n == 2 * 2 + 2 * 2  # 28x26 and 27x30 latents in 16x16 tiles (edges kept)
     assert -1.0 <= rho <= 1.0
+
+
+# --- real-degradation and no-reference protocols ------------------------------------------------
+
+
+def test_real_degradation_lr_is_the_seeded_pipeline(image_folder):
+    from patchscaler.data.degradations import degrade_image
+    from patchscaler.data.images import load_image, modcrop
+
+    path = image_folder / "HR" / "a.png"
+    hr, lr = ev._load_pair(path, 4, "real")
+    assert torch.equal(lr[0], degrade_image(modcrop(load_image(path), 4), "a.png"))
+    assert torch.equal(lr, ev._load_pair(path, 4, "real")[1])
+    assert not torch.equal(lr, ev._load_pair(path, 4, "real", seed=1)[1])
+    assert not torch.equal(lr, ev._load_pair(path, 4, "bicubic")[1])
+    ds = ev.find_dataset(image_folder)
+    real = ev.evaluate([ds], ["bicubic"], scale=4, progress=False, degradation="real")["mini"]["bicubic"]
+    clean = ev.evaluate([ds], ["bicubic"], scale=4, progress=False)["mini"]["bicubic"]
+    assert real["psnr"] < clean["psnr"]
+
+
+def test_no_reference_protocol_reports_niqe_and_hf_vs_bicubic(tmp_path, capsys):
+    lr_dir = tmp_path / "photos"
+    lr_dir.mkdir()
+    _write_image(lr_dir / "p.png", 40, 36, 3)
+    out = tmp_path / "r.json"
+    assert ev.main(["--data", str(lr_dir), "--degradation", "none", "--json", str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())["photos"]["bicubic"]
+    assert r["psnr"] is None and r["ssim"] is None
+    assert r["niqe"] is not None and r["hf_ratio"] == pytest.approx(1.0)
+    assert ev.main(["--data", str(lr_dir), "--degradation", "none", "--confidence-spearman"]) == 2
+    assert "needs ground truth" in capsys.readouterr().err
