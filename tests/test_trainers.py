@@ -109,3 +109,25 @@ def test_texture_report_dense_pairs(photos, tmp_path, capsys):
                          "--threads", "1"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "encoder," in ln]
     assert len(lines) == 4 and all("top1=" in ln for ln in lines)
+
+
+@pytest.mark.filterwarnings("ignore:using an untrained GRM")
+def test_latent_pairs_real_degradation(photos):
+    """degradation="real": same crops and x0 as bicubic, y0 from a degraded LR, seeded."""
+    from patchscaler.data.dataset import PairPool
+    from patchscaler.diffusion.training import LatentPatchPairs, load_frozen_grm
+    from patchscaler.train import texture
+
+    pool = PairPool(photos, scale=4, min_hr_side=64)
+    grm = load_frozen_grm("bicubic")
+    clean = LatentPatchPairs(pool, [0, 1], grm, lr_crop=32).sample(2, torch.Generator().manual_seed(1))
+    real = LatentPatchPairs(pool, [0, 1], grm, lr_crop=32, degradation="real")
+    a = real.sample(2, torch.Generator().manual_seed(1))
+    b = real.sample(2, torch.Generator().manual_seed(1))
+    assert torch.equal(a["x0"], clean["x0"]) and torch.equal(a["y0"], b["y0"])
+    assert (a["y0"] - clean["y0"]).abs().mean() > 0.01
+    with pytest.raises(ValueError, match="degradation"):
+        LatentPatchPairs(pool, [0], grm, lr_crop=32, degradation="jpeg")
+    d_clean = texture.dense_held_out_pairs(pool, [0], grm)
+    d_real = texture.dense_held_out_pairs(pool, [0], grm, degradation="real")
+    assert torch.equal(d_clean["x0"], d_real["x0"]) and not torch.equal(d_clean["y0"], d_real["y0"])

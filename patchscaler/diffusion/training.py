@@ -51,6 +51,11 @@ def add_common_args(p, out_default: str) -> None:
         "--cache", default=None,
         help="pair-pool cache file (default: runs/cache/pool_x4.pt, shared with the GRM trainer, for the default --data only)",
     )
+    p.add_argument(
+        "--degradation", default="bicubic", choices=["bicubic", "real"],
+        help="LR of each crop: MATLAB bicubic, or the real-world pipeline drawn per crop (use with a "
+             "--grm-checkpoint trained on the same degradation)",
+    )
 
 
 def open_pool(a, lr_crop: int, log) -> PairPool:
@@ -121,6 +126,10 @@ class LatentPatchPairs:
     With ``grm=None`` only ``x0`` and ``image_id`` are made (crops of exactly p LR pixels).
     Deterministic given the generator's state.
 
+    ``degradation="real"`` makes each crop's LR with the real-world pipeline
+    (`data.degradations.degrade`, drawn from the same generator) instead of the
+    stored MATLAB-bicubic LR.
+
     ``per_photo=False`` picks crops in proportion to each photo's area (training: every
     pixel is as likely as any other); ``True`` gives every photo the same share, the way
     benchmark scores average over images (PGS calibration: a few large wallpapers with
@@ -137,7 +146,11 @@ class LatentPatchPairs:
         margin: int = 8,
         device: torch.device | str = "cpu",
         per_photo: bool = False,
+        degradation: str = "bicubic",
     ):
+        if degradation not in ("bicubic", "real"):
+            raise ValueError(f"degradation must be 'bicubic' or 'real', got {degradation!r}")
+        self.degradation = degradation
         if not entries:
             raise ValueError("no photos to sample from")
         self.pool, self.entries, self.grm = pool, list(entries), grm
@@ -187,6 +200,10 @@ class LatentPatchPairs:
     @torch.no_grad()
     def sample(self, n_crops: int, generator: torch.Generator) -> dict[str, Tensor]:
         lr, hr, ids = self.crops(n_crops, generator)
+        if self.grm is not None and self.degradation == "real":
+            from patchscaler.data.degradations import degrade
+
+            lr = (degrade(hr.float() / 255.0, generator=generator) * 255).round().to(torch.uint8)
         # uint8 crosses to the device (4x fewer bytes) and becomes float there.
         hr = hr.to(self.device).float() / 255.0
         out = {"x0": self._cut(self.codec.encode(hr)), "image_id": ids.repeat_interleave(self.per_crop)}

@@ -172,7 +172,7 @@ def calibrate(a) -> None:
     pool = open_pool(a, a.lr_crop, log)
     _, held_idx = split_entries(pool)
     grm = load_frozen_grm(a.grm_checkpoint, device)
-    held = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, device=device, per_photo=True)
+    held = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, device=device, per_photo=True, degradation=a.degradation)
     data = held.sample(a.crops, torch.Generator().manual_seed(a.seed))
     y0, x0 = data["y0"], data["x0"]
     qmap = data["conf"].mean(dim=(1, 2, 3))

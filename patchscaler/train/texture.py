@@ -76,9 +76,13 @@ def validation_pairs(held_pairs: LatentPatchPairs, n_pairs: int) -> dict:
 
 
 @torch.no_grad()
-def dense_held_out_pairs(pool, entries: list[int], grm, stride: int = 8, patch: int = 16, margin: int = 8) -> dict:
+def dense_held_out_pairs(
+    pool, entries: list[int], grm, stride: int = 8, patch: int = 16, margin: int = 8, degradation: str = "bicubic"
+) -> dict:
     """Every ``patch``-sized latent patch on a ``stride`` grid of each whole photo (at least
-    ``margin`` pixels inside it): ``{"y0", "x0" [M,48,p,p], "image_id" [M]}``."""
+    ``margin`` pixels inside it): ``{"y0", "x0" [M,48,p,p], "image_id" [M]}``.
+    With ``degradation="real"`` the photo's LR is its seeded real degradation (as in eval)."""
+    from patchscaler.data.degradations import degrade_image
     from patchscaler.codec import PixelUnshuffleCodec
     from patchscaler.models.rtm import image_id
 
@@ -86,7 +90,10 @@ def dense_held_out_pairs(pool, entries: list[int], grm, stride: int = 8, patch: 
     y0s, x0s, ids = [], [], []
     for i in entries:
         e = pool.entries[i]
-        y0, _ = grm(e.lr[None].float() / 255.0)
+        lr = e.lr[None].float() / 255.0
+        if degradation == "real":
+            lr = degrade_image(e.hr.float() / 255.0, pool.names[i])[None]
+        y0, _ = grm(lr)
         x0 = codec.encode(e.hr[None].float() / 255.0)
         h, w = y0.shape[-2:]
         for y in range(margin, h - margin - patch + 1, stride):
@@ -103,9 +110,9 @@ def report(a, log) -> None:
     pool = open_pool(a, a.lr_crop, log)
     _, held_idx = split_entries(pool)
     grm = load_frozen_grm(a.grm_checkpoint, "cpu")
-    held_pairs = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop)
+    held_pairs = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, degradation=a.degradation)
     easy = validation_pairs(held_pairs, a.val_pairs)
-    hard = dense_held_out_pairs(pool, held_idx, grm)
+    hard = dense_held_out_pairs(pool, held_idx, grm, degradation=a.degradation)
     torch.manual_seed(a.seed)
     encoders = {"trained": load_texture_encoder(a.export_to), "untrained": TextureEncoder(TextureEncoderConfig())}
     for name, enc in encoders.items():
@@ -197,8 +204,8 @@ def train(a) -> None:
     pool = open_pool(a, a.lr_crop, log)
     train_idx, held_idx = split_entries(pool)
     grm = load_frozen_grm(a.grm_checkpoint, device)
-    train_pairs = LatentPatchPairs(pool, train_idx, grm, lr_crop=a.lr_crop, device=device)
-    held_pairs = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, device=device)
+    train_pairs = LatentPatchPairs(pool, train_idx, grm, lr_crop=a.lr_crop, device=device, degradation=a.degradation)
+    held_pairs = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, device=device, degradation=a.degradation)
     log(f"photos: {len(train_idx)} train, {len(held_idx)} held out; {train_pairs.per_crop} patches per crop")
     val = validation_pairs(held_pairs, a.val_pairs)
 
