@@ -230,11 +230,12 @@ def test_quality_option(fake_models, tmp_path):
     assert fake_models["qualities"][-1] == "detail"
 
 
-def test_example_comparison_picture(shared_data, tmp_path):
-    """`python -m patchscaler.examples.compare`: four labelled panels of the same region."""
+def test_example_comparison_picture(shared_data, tmp_path, monkeypatch):
+    """`python scripts/compare.py`: four labelled panels of the same region."""
     import os
 
-    from patchscaler.examples import compare
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    import compare
 
     photo = os.path.join(shared_data, "train", "photos", "lomiri16_seeding_by_Clements_Engelhardt.jpg")
     out = compare.compare(tmp_path / "cmp.png", photo)

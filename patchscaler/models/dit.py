@@ -73,7 +73,7 @@ class PatchDiTConfig:
     """
 
     latent_channels: int = 48
-    # Size: chosen by benchmarks/dit_cpu_budget.py (results/dit-cpu-budget.md) to fit the
+    # Size: chosen by scripts/dit_cpu_budget.py (benchmarks/results/dit-cpu-budget.md) to fit the
     # CPU time bars. A 4×4 token is 16×16 HR pixels (the footprint of a DiT/2 token on an
     # 8× VAE latent); at equal CPU time it buys ~1.3× the FLOPs and ~4× the params of 2×2 tokens.
     patch_size: int = 4

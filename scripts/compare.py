@@ -1,7 +1,7 @@
 """Side-by-side detail of the bundled example: bicubic, the GRM alone, PatchScaler (PGS)
 and the original photo, one region zoomed.
 
-    python -m patchscaler.examples.compare [OUTPUT] [--photo PHOTO]
+    python scripts/compare.py [OUTPUT] [--photo PHOTO]
 
 OUTPUT defaults to ``docs/example/dandelions_compare.png``. The original is the HR
 crop the example was made from (`make_example`), read from the CC0 source photo in
@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from patchscaler.data.images import load_image
 from patchscaler.data.resize import bicubic_upscale
 from patchscaler.examples import EXAMPLE_LR
-from patchscaler.examples.make_example import CROP_LEFT, CROP_SIZE, CROP_TOP, DEFAULT_PHOTO, REPO_ROOT
+from make_example import CROP_LEFT, CROP_SIZE, CROP_TOP, DEFAULT_PHOTO, REPO_ROOT  # scripts/make_example.py
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "example" / "dandelions_compare.png"
 # The zoomed region, in HR pixels of the 512×512 output: seed hairs against the meadow.
@@ -70,7 +70,7 @@ def compare(output: Path = DEFAULT_OUTPUT, photo: Path = DEFAULT_PHOTO) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m patchscaler.examples.compare", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python scripts/compare.py", description=__doc__.split("\n")[0])
     p.add_argument("output", nargs="?", type=Path, default=DEFAULT_OUTPUT)
     p.add_argument("--photo", type=Path, default=DEFAULT_PHOTO, help="the CC0 source photo of the example")
     a = p.parse_args(argv)

@@ -1,8 +1,8 @@
 """CPU time budget of the PatchScaler pipeline and the Patch-DiT size that fits it.
 
-    python benchmarks/dit_cpu_budget.py                       # full run, ~10 min on 2 cores
-    python benchmarks/dit_cpu_budget.py --quick               # fewer configs and rounds
-    python benchmarks/dit_cpu_budget.py --threads 1 --skip-grid --skip-train
+    python scripts/dit_cpu_budget.py                       # full run, ~10 min on 2 cores
+    python scripts/dit_cpu_budget.py --quick               # fewer configs and rounds
+    python scripts/dit_cpu_budget.py --threads 1 --skip-grid --skip-train
 
 Standalone script (not a pytest file). Prints tables and writes
 ``benchmarks/results/dit-cpu-budget.md`` (machine name, exact command, load average).

@@ -1,6 +1,6 @@
 """Rebuild ``dandelions_lr.png``, the bundled example input, from the CC0 source photo.
 
-    python -m patchscaler.examples.make_example [PHOTO]
+    python scripts/make_example.py [PHOTO]
 
 PHOTO defaults to ``../shared/data/train/photos/lomiri16_seeding_by_Clements_Engelhardt.jpg``
 (relative to the repository root). A 512×512 HR crop at (left 2000, top 1150) holds the
@@ -22,9 +22,9 @@ from PIL import Image
 from patchscaler.data.images import save_image
 from patchscaler.data.resize import bicubic_downscale
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PHOTO = REPO_ROOT.parent / "shared/data/train/photos/lomiri16_seeding_by_Clements_Engelhardt.jpg"
-OUTPUT = Path(__file__).resolve().parent / "dandelions_lr.png"
+OUTPUT = REPO_ROOT / "patchscaler" / "examples" / "dandelions_lr.png"
 CROP_LEFT, CROP_TOP, CROP_SIZE = 2000, 1150, 512  # HR pixels of the source photo
 SCALE = 4
 
