@@ -1,0 +1,298 @@
+"""One run: Real-ESRGAN x4plus (ncnn, CPU) beside PatchScaler on real-world inputs (SPEC §5).
+
+    python scripts/compare_realworld.py --threads 2 --limit-realworld 8 --limit-b100 10
+
+Datasets (each optional, ``--datasets``):
+
+* ``RealSRSet`` (``../shared/data/realworld/RealSRSet``): real LR photos, no ground
+  truth. NIQE of SR, and the HF ratio of SR against the bicubic ×4 upsampling of the
+  input (how much high-frequency energy a method adds; 1 = as much as bicubic), both
+  with a 4-px border crop: the ``--degradation none`` protocol of ``patchscaler.eval``.
+* ``B100`` (``../shared/data/benchmark/B100``) under the seeded real-degradation
+  protocol: HR cropped (bottom/right) to a multiple of 4, LR =
+  ``patchscaler.data.degradations.degrade_image(hr, name)`` with the HR file name (seed
+  0, default pipeline) — the LR of ``python -m patchscaler.eval --degradation real``.
+  PSNR / SSIM on BT.601 Y, NIQE and the HF ratio SR/HR, 4-px border crop.
+
+Methods (``--methods``): ``realesrgan`` (x4plus through ncnn, ``benchmarks/realesrgan_ncnn.py``,
+same thread count), ``grm`` (``patchscaler.upscale(sampler="none")``), ``pgs``
+(``sampler="pgs"``), ``bicubic`` (the reference point). ``--model`` is passed to
+``patchscaler.upscale`` only when its signature has a ``model`` parameter; the report
+records which model set ran. seconds = wall time of the method call alone, per image,
+after one untimed warm-up call per method on a small input. Metrics run with one torch
+thread (as in eval.py).
+
+Writes ``<out>.md`` and ``<out>.json`` (default ``benchmarks/results/realworld-compare-x4``,
+the subset size in the title and the file), with the exact command, the CPU model, core
+count, thread count and the machine's load average at the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import patchscaler  # noqa: E402
+from patchscaler.data.degradations import degrade_image  # noqa: E402
+from patchscaler.data.images import load_image  # noqa: E402
+from patchscaler.data.resize import bicubic_upscale  # noqa: E402
+from patchscaler.metrics.hf_ratio import hf_ratio  # noqa: E402
+from patchscaler.metrics.niqe import niqe  # noqa: E402
+from patchscaler.metrics.psnr import psnr_y  # noqa: E402
+from patchscaler.metrics.ssim import ssim_y  # noqa: E402
+
+SCALE, BORDER = 4, 4
+DATA = REPO.parent / "shared" / "data"
+DATASETS = {"RealSRSet": DATA / "realworld" / "RealSRSet", "B100": DATA / "benchmark" / "B100" / "HR"}
+METHODS = ("realesrgan", "grm", "pgs", "bicubic")
+IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+LABELS = {
+    "realesrgan": "Real-ESRGAN x4plus (ncnn, CPU)",
+    "grm": "PatchScaler GRM alone (`sampler=\"none\"`)",
+    "pgs": "PatchScaler PGS (`sampler=\"pgs\"`)",
+    "bicubic": "bicubic",
+}
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def upscale_model_kw(model: str | None) -> tuple[dict, str]:
+    """({"model": ...} or {}, a description of the model set that runs)."""
+    params = inspect.signature(patchscaler.upscale).parameters
+    if "model" not in params:
+        if model is not None:
+            raise SystemExit(f"--model {model!r}: this patchscaler.upscale has no `model` parameter")
+        return {}, "shipped weights (this `patchscaler.upscale` has no `model` parameter)"
+    if model is None:
+        return {}, f"model={params['model'].default!r} (upscale's default)"
+    return {"model": model}, f"model={model!r}"
+
+
+def make_methods(names: list[str], threads: int, tile: int, overlap: int, model_kw: dict) -> dict:
+    methods = {}
+    for name in names:
+        if name == "realesrgan":
+            from realesrgan_ncnn import RealESRGAN
+
+            net = RealESRGAN(threads=threads, tile=tile, overlap=overlap)
+            methods[name] = lambda lr, net=net: (net(lr), {})
+        elif name in ("grm", "pgs"):
+            sampler = "none" if name == "grm" else "pgs"
+
+            def run(lr, sampler=sampler):
+                hr, groups = patchscaler.upscale(lr, sampler=sampler, seed=0, device="cpu", return_groups=True, **model_kw)
+                return hr, ({"dit_evaluations": int(groups.evaluations)} if sampler == "pgs" else {})
+
+            methods[name] = run
+        elif name == "bicubic":
+            methods[name] = lambda lr: (bicubic_upscale(lr[None], SCALE)[0], {})
+        else:
+            raise SystemExit(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def list_images(folder: Path, limit: int | None) -> list[Path]:
+    if not folder.is_dir():
+        raise SystemExit(f"{folder}: not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXT)
+    return files[:limit] if limit else files
+
+
+def load_pair(path: Path, dataset: str) -> tuple[torch.Tensor | None, torch.Tensor]:
+    img = load_image(path)
+    if dataset == "RealSRSet":
+        return None, img
+    h, w = img.shape[-2:]
+    hr = img[:, : h - h % SCALE, : w - w % SCALE].contiguous()
+    return hr, degrade_image(hr, path.name)
+
+
+def metrics(sr: torch.Tensor, hr: torch.Tensor | None, lr: torch.Tensor) -> dict[str, float]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if hr is None:
+            ref = bicubic_upscale(lr[None], SCALE)[0].clamp(0, 1)
+            return {"niqe": niqe(sr, BORDER), "hf_ratio": hf_ratio(sr, ref, BORDER)}
+        return {
+            "psnr": psnr_y(sr, hr, BORDER),
+            "ssim": ssim_y(sr, hr, BORDER),
+            "niqe": niqe(sr, BORDER),
+            "hf_ratio": hf_ratio(sr, hr, BORDER),
+        }
+    finally:
+        torch.set_num_threads(n)
+
+
+def _mean(vals: list[float]) -> float | None:
+    vals = [v for v in vals if v is not None and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarise(per_image: list[dict], methods: list[str]) -> dict:
+    out = {}
+    for m in methods:
+        rows = [r[m] for r in per_image if m in r]
+        keys = sorted({k for r in rows for k in r})
+        out[m] = {k: _mean([r.get(k) for r in rows]) for k in keys}
+        out[m]["images"] = len(rows)
+    return out
+
+
+def _f(v, digits):
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    h = report["header"]
+    lines = [
+        f"# Real-world ×4: Real-ESRGAN x4plus vs PatchScaler ({h['subset']})",
+        "",
+        f"- command: `{h['command']}`",
+        f"- date: {h['date']}; machine: {h['cpu']} ({h['cores']} cores), {h['threads']} threads for every method "
+        f"(torch and ncnn); load average at start {h['loadavg']} (a training job shared the cores)",
+        f"- PatchScaler: {h['patchscaler_model']}, seed 0, quality \"balanced\"; Real-ESRGAN: {h['realesrgan']}",
+        "- seconds: wall time of the method call per image (after one untimed warm-up per method); "
+        "metrics with a 4-px border crop; NIQE with this project's pristine model (lower is better, "
+        "comparable only within this project)",
+        "",
+    ]
+    for ds, body in report["datasets"].items():
+        s = body["summary"]
+        if ds == "RealSRSet":
+            lines += [f"## RealSRSet ({body['images']} of {body['available']} images, no reference)", "",
+                      "HF = high-frequency energy of SR over that of the bicubic ×4 upsampling of the input.", "",
+                      "| method | NIQE | HF vs bicubic | s / image |", "|---|---|---|---|"]
+            for m, r in s.items():
+                lines.append(f"| {LABELS[m]} | {_f(r.get('niqe'), 3)} | {_f(r.get('hf_ratio'), 2)} | {_f(r.get('seconds'), 2)} |")
+        else:
+            lines += [f"## {ds}, seeded real degradation ({body['images']} of {body['available']} images)", "",
+                      "LR = `degrade_image(hr, name)` (as `python -m patchscaler.eval --degradation real`); "
+                      "PSNR/SSIM on Y; HF = SR/HR.", "",
+                      "| method | PSNR | SSIM | NIQE | HF | s / image |", "|---|---|---|---|---|---|"]
+            for m, r in s.items():
+                lines.append(f"| {LABELS[m]} | {_f(r.get('psnr'), 2)} | {_f(r.get('ssim'), 4)} | {_f(r.get('niqe'), 3)} "
+                             f"| {_f(r.get('hf_ratio'), 3)} | {_f(r.get('seconds'), 2)} |")
+        evals = s.get("pgs", {}).get("dit_evaluations")
+        if evals is not None:
+            lines += ["", f"PGS: {evals:.0f} DiT patch-evaluations per image on average."]
+        lines += ["", "Images: " + ", ".join(body["files"]), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", default="RealSRSet,B100", help="comma list of RealSRSet, B100")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--limit", type=int, default=None, help="first N images (sorted by name) of every dataset")
+    p.add_argument("--limit-realworld", type=int, default=None, help="overrides --limit for RealSRSet")
+    p.add_argument("--limit-b100", type=int, default=None, help="overrides --limit for B100")
+    p.add_argument("--threads", type=int, default=2, help="torch and ncnn threads")
+    p.add_argument("--model", default=None, help="patchscaler model set (passed only if upscale() takes `model`)")
+    p.add_argument("--tile", type=int, default=512, help="Real-ESRGAN input tile side (0 = whole image)")
+    p.add_argument("--overlap", type=int, default=16, help="Real-ESRGAN tile context, LR px per side")
+    p.add_argument("--out", default=None, help="output stem (default benchmarks/results/realworld-compare-x4-<subset>)")
+    a = p.parse_args(argv)
+
+    torch.set_num_threads(a.threads)
+    names = [m for m in a.methods.split(",") if m]
+    model_kw, model_desc = upscale_model_kw(a.model)
+    methods = make_methods(names, a.threads, a.tile, a.overlap, model_kw)
+    limits = {"RealSRSet": a.limit_realworld or a.limit, "B100": a.limit_b100 or a.limit}
+    datasets = [d for d in a.datasets.split(",") if d]
+    for d in datasets:
+        if d not in DATASETS:
+            raise SystemExit(f"unknown dataset {d!r}; choose from {', '.join(DATASETS)}")
+    files = {d: list_images(DATASETS[d], limits[d]) for d in datasets}
+    available = {d: len(list_images(DATASETS[d], None)) for d in datasets}
+    subset = ", ".join(f"{d} {len(files[d])}/{available[d]}" for d in datasets)
+    stem = a.out or str(REPO / "benchmarks" / "results" / ("realworld-compare-x4-"
+                                                          + "-".join(f"{d.lower()}-{len(files[d])}" for d in datasets)))
+
+    warm = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(0))
+    for fn in methods.values():
+        with torch.inference_mode():
+            fn(warm)
+
+    report = {
+        "header": {
+            "command": "python " + " ".join(shlex.quote(x) for x in ([os.path.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "threads": a.threads,
+            "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "torch": torch.__version__,
+            "patchscaler_model": model_desc,
+            "realesrgan": f"tile {a.tile}, overlap {a.overlap}",
+            "subset": subset,
+        },
+        "datasets": {},
+    }
+    try:
+        import ncnn
+
+        report["header"]["ncnn"] = getattr(ncnn, "__version__", "?")
+    except ImportError:
+        pass
+
+    def write():
+        Path(stem).parent.mkdir(parents=True, exist_ok=True)
+        with open(stem + ".json", "w") as f:
+            json.dump(report, f, indent=1)
+        with open(stem + ".md", "w") as f:
+            f.write(markdown(report))
+
+    for d in datasets:
+        per_image = []
+        body = {"images": 0, "available": available[d], "files": [], "summary": {}, "per_image": per_image}
+        report["datasets"][d] = body
+        for path in files[d]:
+            hr, lr = load_pair(path, d)
+            row = {"file": path.name, "lr_size": list(lr.shape[-2:])}
+            for m, fn in methods.items():
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    sr, stats = fn(lr)
+                sec = time.perf_counter() - t0
+                sr = (sr.float().clamp(0, 1) * 255).round() / 255  # uint8 levels, as eval.py scores
+                row[m] = {**metrics(sr, hr, lr), **stats, "seconds": sec}
+            per_image.append(row)
+            body["files"].append(path.name)
+            body["images"] = len(per_image)
+            body["summary"] = summarise(per_image, list(methods))
+            print(f"{d} {path.name} {tuple(lr.shape[-2:])}: " + "; ".join(
+                f"{m} {row[m]['seconds']:.1f}s NIQE {row[m]['niqe']:.2f}" + (f" PSNR {row[m]['psnr']:.2f}" if 'psnr' in row[m] else "")
+                for m in methods), flush=True)
+            write()
+    write()
+    print(f"wrote {stem}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
