@@ -85,7 +85,7 @@ class RealESRGAN:
 
     scale = SCALE
 
-    def __init__(self, threads: int | None = None, tile: int = 128, overlap: int = 16, model: str = MODEL):
+    def __init__(self, threads: int | None = None, tile: int = 256, overlap: int = 16, model: str = MODEL):
         try:
             import ncnn
         except ImportError as e:
