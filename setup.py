@@ -61,9 +61,10 @@ setup(
     description="Fast x4 diffusion super-resolution with patch-adaptive group sampling (PatchScaler)",
     packages=find_packages(include=["patchscaler", "patchscaler.*"]) + ["patchscaler.kernels"],
     package_dir={"patchscaler.kernels": "kernels"},
-    package_data={"patchscaler": ["weights/*.safetensors", "weights/*.json", "metrics/*.safetensors", "examples/*.png", "examples/*.md"]},
+    package_data={"patchscaler": ["weights/*/*.safetensors", "weights/*/*.json", "metrics/*.safetensors", "examples/*.png", "examples/*.md"]},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tqdm"],
+    # pypng: 16-bit PNGs, which Pillow cannot write (see patchscaler/image_files.py)
+    install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tqdm", "pypng"],
     extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "scipy"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from patchscaler.outsize import check_output_size, fit_output, target_size
 from patchscaler.pipeline import SAMPLERS, PatchScalerPipeline, sampler_available
 from patchscaler.sampling.pgs import check_quality
 
@@ -350,6 +351,9 @@ def upscale(
     return_groups: bool = False,
     progress: bool = False,
     max_output_megapixels: float | None = DEFAULT_MAX_OUTPUT_MEGAPIXELS,
+    outscale: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
 ) -> Any:
     """Upscale images ×4 with PatchScaler.
 
@@ -388,7 +392,12 @@ def upscale(
             ``groups`` is a list for batches and lists, a single GroupMap otherwise.
         progress: show tqdm progress bars (GRM tiles, denoising).
         max_output_megapixels: refuse images whose output has more pixels than this
-            (default 16 MP; None for no limit).
+            (default 16 MP; None for no limit). It bounds the ×4 working size, whatever
+            ``outscale``/``width``/``height`` ask for.
+        outscale: output scale in (1, 4] instead of 4: the ×4 result resized with an
+            antialiased bicubic filter (`patchscaler.outsize`), e.g. 2 for twice the size.
+        width, height: exact output size in pixels instead (at most ×4 of the input);
+            given one of them, the other keeps the aspect ratio. Not with ``outscale``.
 
     Raises:
         TypeError: ``x`` (or ``seed``) of the wrong type, or an integer tensor.
@@ -399,6 +408,7 @@ def upscale(
             install does not have.
     """
     scale = _check_scale(scale)
+    out_spec = check_output_size(outscale, width, height, scale=scale)
     sampler_name = _check_sampler(sampler)
     check_quality(quality)  # here too: sampler="none" never reaches the PGS config
     seed = _check_seed(seed)
@@ -423,13 +433,15 @@ def upscale(
                     "(or None) if the memory is there"
                 )
 
+    sizes = [target_size(*item.rgb.shape[-2:], out_spec, scale=scale) for item in items]
     pipe = get_pipeline(sampler_name, scale, dev, dt, quality)
     results = pipe.upscale_images(
         [item.rgb for item in items], seed=seed, max_batch_patches=max_batch_patches, progress=progress
     )
     outs, groups = [], []
-    for item, (hr, gmap) in zip(items, results):
+    for item, size, (hr, gmap) in zip(items, sizes, results):
         alpha_hr = _upscale_alpha(item.alpha, scale) if item.alpha is not None else None
+        hr, alpha_hr = fit_output(hr, alpha_hr, size)
         outs.append(item.restore(hr, alpha_hr))
         groups.append(gmap)
 

@@ -55,101 +55,23 @@ def _png_bit_depth(path: Path) -> int | None:
 
 def read_image_array(path: str | Path) -> np.ndarray:
     """Read an image keeping what the output should keep: ``[H,W]`` (grey), ``[H,W,2]``
-    (grey + alpha), ``[H,W,3]`` or ``[H,W,4]``; uint8, or uint16 for 16-bit files.
+    (grey + alpha), ``[H,W,3]`` or ``[H,W,4]``; uint8, or uint16 for 16-bit files
+    (`patchscaler.image_files.read_image` without its metadata).
 
     Raises OSError with a one-line message if the file cannot be decoded.
     """
-    from PIL import Image, UnidentifiedImageError
+    from patchscaler.image_files import read_image
 
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-                return np.asarray(im).astype(np.uint16)
-            if mode == "I":
-                arr = np.asarray(im)
-                if arr.min() >= 0 and arr.max() <= 65535:
-                    return arr.astype(np.uint16)
-                raise OSError(f"32-bit integer image with values outside 0..65535 ({mode})")
-            if mode == "F":
-                arr = np.asarray(im).astype(np.float32)
-                return (np.clip(arr, 0, 1) * 65535 + 0.5).astype(np.uint16)
-            if mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
-                from patchscaler.data.images import _png_rgb16  # PIL truncates 48/64-bit PNGs to 8 bits
-
-                arr16 = _png_rgb16(path)
-                if arr16 is not None:
-                    return arr16
-            if mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            elif mode == "PA":
-                im = im.convert("RGBA")
-            elif mode == "1":
-                im = im.convert("L")
-            elif mode not in ("L", "LA", "RGB", "RGBA"):
-                im = im.convert("RGB")
-            return np.asarray(im).copy()
-    except FileNotFoundError:
-        raise OSError(f"cannot read image {path}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise OSError(f"cannot read image {path}: {msg}") from None
+    return read_image(path)[0]
 
 
-def _write_png16(path: Path, arr: np.ndarray) -> None:
-    """Write ``[H,W]`` / ``[H,W,C]`` uint16 (C = 2, 3, 4) as a 16-bit PNG (PIL cannot for C > 1)."""
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    h, w, c = arr.shape
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    rows = arr.astype(">u2").reshape(h, w * c).view(np.uint8).reshape(h, w * c * 2)
-    # Sub filter (each byte minus the same byte of the pixel to its left): smooth images
-    # compress far better than unfiltered, and it vectorises over the whole image.
-    bpp = 2 * c
-    prev = np.zeros_like(rows)
-    prev[:, bpp:] = rows[:, :-bpp]
-    filtered = np.concatenate([np.ones((h, 1), np.uint8), (rows - prev).astype(np.uint8)], axis=1)
+def write_image_array(arr: np.ndarray, path: str | Path, meta=None) -> None:
+    """Write an array from `read_image_array`'s family; the suffix picks the format
+    (`patchscaler.image_files.write_image`: 16-bit PNG for 16-bit data, ``meta``'s ICC
+    profile / EXIF / text kept, written to a temporary name and renamed)."""
+    from patchscaler.image_files import write_image
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    png = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6))
-        + chunk(b"IEND", b"")
-    )
-    path.write_bytes(png)
-
-
-def write_image_array(arr: np.ndarray, path: str | Path) -> None:
-    """Write an array from `read_image_array`'s family; the suffix picks the format.
-
-    16-bit data is written as 16-bit PNG; other formats get 8 bits. Formats without
-    alpha (JPEG, BMP) drop the alpha channel.
-    """
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    if arr.dtype == np.uint16:
-        if suffix == ".png":
-            if arr.ndim == 2:
-                Image.fromarray(arr).save(path)  # uint16 → mode I;16
-            else:
-                _write_png16(path, arr)
-            return
-        arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    channels = 1 if arr.ndim == 2 else arr.shape[2]
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
-    im = Image.fromarray(arr)
-    assert im.mode == mode, (im.mode, mode)
-    if suffix in (".jpg", ".jpeg", ".bmp", ".ppm", ".pgm") and mode in ("LA", "RGBA"):
-        im = im.convert("L" if mode == "LA" else "RGB")
-    im.save(path)
+    write_image(arr, path, meta)
 
 
 # ------------------------------------------------------------------------ arguments
@@ -190,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
         "--max-megapixels", type=float, default=None, metavar="MP",
         help="largest output accepted, in megapixels (default 16)",
     )
+    p.add_argument(
+        "--outscale", type=float, default=None, metavar="S",
+        help="output scale in (1, 4]: the x4 result resized (antialiased bicubic), e.g. 2",
+    )
+    p.add_argument("--width", type=int, default=None, metavar="W", help="exact output width (keeps the aspect without --height)")
+    p.add_argument("--height", type=int, default=None, metavar="H", help="exact output height (keeps the aspect without --width)")
     p.add_argument(
         "--format", choices=OUTPUT_FORMATS, default="png",
         help="output format for folder runs (default png; 'same' keeps each input's extension)",
@@ -252,6 +180,8 @@ def _plan_jobs(args: argparse.Namespace) -> tuple[list[_Job], Path | None]:
 def _groups_picture(out: np.ndarray, gmap, path: Path) -> None:
     import torch
 
+    from patchscaler.image_files import atomic_write
+    from patchscaler.outsize import resize_output
     from patchscaler.visualize import group_map_image
 
     arr = out.astype(np.float32) / (65535.0 if out.dtype == np.uint16 else 255.0)
@@ -259,7 +189,11 @@ def _groups_picture(out: np.ndarray, gmap, path: Path) -> None:
         arr = arr[..., None]
     rgb = arr[..., :3] if arr.shape[2] >= 3 else np.repeat(arr[..., :1], 3, axis=2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    group_map_image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1), gmap).save(path)
+    hr = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    lr_h, lr_w = gmap.confidence.shape[-2:]
+    hr = resize_output(hr, (lr_h * gmap.scale, lr_w * gmap.scale))  # back to x4 after --outscale
+    with atomic_write(path) as tmp:
+        group_map_image(hr, gmap).save(tmp, format="PNG")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -275,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
         from tqdm.auto import tqdm
 
+        from patchscaler.image_files import read_image
         from patchscaler.api import DEFAULT_MAX_OUTPUT_MEGAPIXELS, default_sampler, upscale
         from patchscaler.pipeline import WeightsNotAvailableError
 
@@ -290,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sampler = args.sampler
         max_mp = args.max_megapixels or DEFAULT_MAX_OUTPUT_MEGAPIXELS
+        from patchscaler.outsize import check_output_size
+
+        check_output_size(args.outscale, args.width, args.height, prefix="--")
         if args.max_batch_patches is not None and args.max_batch_patches < 1:
             raise CLIError("--max-batch-patches must be >= 1")
         if args.device is not None:
@@ -305,7 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for job in bar:
         start = time.perf_counter()
         try:
-            arr = read_image_array(job.src)
+            arr, meta = read_image(job.src, max_pixels=max_mp * 1e6 / 16, limit_hint=(
+                f" (its x4 output would be above --max-megapixels {max_mp:g}; raise it to allow)"))
+            for note in meta.warnings:
+                (tqdm.write if folder else print)(f"{prog}: warning: {note}", file=sys.stderr)
             big = arr.shape[0] * arr.shape[1] >= PATCH_PROGRESS_MIN_PIXELS
             out, gmap = upscale(
                 arr,
@@ -318,8 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return_groups=True,
                 progress=big and not args.quiet,
                 max_output_megapixels=max_mp,
+                outscale=args.outscale,
+                width=args.width,
+                height=args.height,
             )
-            write_image_array(out, job.dst)
+            write_image_array(out, job.dst, meta)
             if job.groups is not None:
                 _groups_picture(out, gmap, job.groups)
         except WeightsNotAvailableError as exc:  # no image can succeed: stop the run

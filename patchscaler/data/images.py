@@ -10,70 +10,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from patchscaler.image_files import read_png16
+
 __all__ = ["IMAGE_EXTENSIONS", "load_image", "save_image", "list_images", "modcrop", "to_uint8"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-def _png_rgb16(path: Path) -> np.ndarray | None:
-    """Decode a 16-bit-per-channel RGB/RGBA PNG to ``[H, W, C] uint16``; None if not one.
-
-    PIL silently truncates 48/64-bit PNGs to 8 bits, so these are decoded here
-    (non-interlaced only; zlib + the five PNG row filters).
-    """
-    import struct
-    import zlib
-
-    data = path.read_bytes()
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        return None
-    pos, idat, hdr = 8, [], None
-    while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        ctype = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        if ctype == b"IHDR":
-            hdr = struct.unpack(">IIBBBBB", body)
-        elif ctype == b"IDAT":
-            idat.append(body)
-        elif ctype == b"IEND":
-            break
-        pos += 12 + length
-    if hdr is None:
-        return None
-    w, h, depth, color, _, _, interlace = hdr
-    if depth != 16 or color not in (2, 6) or interlace != 0:
-        return None
-    ch = 3 if color == 2 else 4
-    bpp = 2 * ch
-    stride = w * bpp
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8).reshape(h, stride + 1)
-    out = np.zeros((h, stride), dtype=np.uint8)
-    prev = np.zeros(stride, dtype=np.int32)
-    for y in range(h):
-        ftype, line = raw[y, 0], raw[y, 1:].astype(np.int32)
-        if ftype == 0:
-            cur = line
-        elif ftype == 2:
-            cur = (line + prev) & 0xFF
-        else:
-            cur = np.zeros(stride, dtype=np.int32)
-            for i in range(stride):  # Sub/Average/Paeth depend on the decoded left byte
-                a = cur[i - bpp] if i >= bpp else 0
-                b = prev[i]
-                if ftype == 1:
-                    pred = a
-                elif ftype == 3:
-                    pred = (a + b) >> 1
-                else:
-                    c = prev[i - bpp] if i >= bpp else 0
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
-                cur[i] = (line[i] + pred) & 0xFF
-        out[y] = cur
-        prev = cur
-    return out.view(">u2").reshape(h, w, ch).astype(np.uint16)
 
 
 def load_image(path: str | os.PathLike) -> Tensor:
@@ -97,7 +38,8 @@ def load_image(path: str | os.PathLike) -> Tensor:
             elif mode == "F":
                 arr = np.asarray(im).astype(np.float32)[..., None].repeat(3, axis=2)
             else:
-                rgb16 = _png_rgb16(path) if mode in ("RGB", "RGBA") and path.suffix.lower() == ".png" else None
+                # PIL truncates 48/64-bit PNGs to 8 bits; pypng reads them exactly.
+                rgb16 = read_png16(path) if mode in ("RGB", "RGBA") and im.format == "PNG" else None
                 if rgb16 is not None:
                     arr = rgb16[..., :3].astype(np.float32) / 65535.0
                 else:
