@@ -22,8 +22,17 @@ import torch
 from torch import Tensor
 
 from patchscaler.outsize import check_output_size, fit_output, target_size
-from patchscaler.pipeline import SAMPLERS, PatchScalerPipeline, sampler_available
-from patchscaler.sampling.pgs import check_quality
+from patchscaler.checkpoints import cached, require, weights_root
+from patchscaler.pipeline import PatchScalerPipeline
+from patchscaler.sampling.registry import (
+    DEFAULT_MODEL,
+    DEFAULT_SAMPLER,
+    SAMPLERS,
+    check_model,
+    check_quality,
+    check_sampler,
+    sampler_available,
+)
 
 __all__ = ["upscale", "DEFAULT_MAX_OUTPUT_MEGAPIXELS", "SUPPORTED_SCALES", "default_sampler", "get_pipeline"]
 
@@ -49,21 +58,21 @@ _warned_default_sampler = False
 _warn_lock = threading.Lock()
 
 
-def default_sampler() -> str:
-    """What ``sampler=None`` means: ``"pgs"`` when its DiT weights ship, else ``"none"``.
+def default_sampler(model: str | None = None) -> str:
+    """What ``sampler=None`` means: ``"pgs"`` when model set ``model`` has its weights, else ``"none"``.
 
-    The SPEC's default is PGS, but ``upscale(x)`` must also work on a fresh install of
-    a release that ships only the GRM; then it falls back to the GRM alone and warns
-    once per process (asking for ``sampler="pgs"`` explicitly raises instead).
+    The SPEC's default is PGS, but ``upscale(x)`` must also work with a set that has only
+    its GRM; then it falls back to the GRM alone and warns once per process (asking for
+    ``sampler="pgs"`` explicitly raises instead).
     """
     global _warned_default_sampler
-    if sampler_available("pgs"):
-        return "pgs"
+    if sampler_available(DEFAULT_SAMPLER, model):
+        return DEFAULT_SAMPLER
     with _warn_lock:
         if not _warned_default_sampler:
             _warned_default_sampler = True
             warnings.warn(
-                "patchscaler: the diffusion (PGS) weights are not shipped with this install yet, "
+                f"patchscaler: model set {model or DEFAULT_MODEL!r} has no diffusion (PGS) weights in this install, "
                 "so upscale() uses the GRM alone (sampler='none'); pass sampler='none' to silence this",
                 UserWarning,
                 stacklevel=4,  # the caller of upscale()
@@ -71,12 +80,12 @@ def default_sampler() -> str:
     return "none"
 
 
-def _check_sampler(sampler: str | None) -> str:
+def _check_sampler(sampler: str | None, model: str) -> str:
     if sampler is None:
-        return default_sampler()
+        return default_sampler(model)
     if not isinstance(sampler, str) or sampler.lower() not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))} or None, got {sampler!r}")
-    return sampler.lower()
+    return check_sampler(sampler)
 
 
 def _check_scale(scale: Any) -> int:
@@ -131,9 +140,6 @@ def _check_seed(seed: Any) -> int:
 
 # ------------------------------------------------------------------ pipeline cache
 
-_PIPELINES: dict[tuple, PatchScalerPipeline] = {}
-_PIPELINES_LOCK = threading.Lock()
-
 
 def get_pipeline(
     sampler: str = "none",
@@ -141,15 +147,15 @@ def get_pipeline(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     quality: str = "balanced",
+    model: str = DEFAULT_MODEL,
 ) -> PatchScalerPipeline:
-    """The shared pipeline for these settings (built on first use, then reused)."""
-    key = (sampler, scale, str(torch.device(device)), dtype, quality if sampler != "none" else None)
-    with _PIPELINES_LOCK:
-        pipe = _PIPELINES.get(key)
-        if pipe is None:
-            pipe = PatchScalerPipeline(sampler=sampler, scale=scale, device=device, dtype=dtype, quality=quality)
-            _PIPELINES[key] = pipe
-        return pipe
+    """The shared pipeline for these settings (built on first use, then reused; in the
+    weights cache, so `patchscaler.checkpoints.clear` drops it)."""
+    key = ("pipeline", str(weights_root().resolve()), model, sampler, scale, str(torch.device(device)), dtype,
+           quality if sampler != "none" else None)
+    return cached(key, lambda: PatchScalerPipeline(
+        sampler=sampler, model=model, scale=scale, device=device, dtype=dtype, quality=quality
+    ))
 
 
 # --------------------------------------------------------------- input conversion
@@ -343,6 +349,7 @@ def upscale(
     *,
     scale: int = 4,
     sampler: str | None = None,
+    model: str = DEFAULT_MODEL,
     quality: str = "balanced",
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -373,6 +380,10 @@ def upscale(
             alone, one network pass), or ``None``: ``"pgs"`` when its DiT weights ship
             with this install, otherwise ``"none"`` with a one-time warning.
             Asking for ``"pgs"``/``"uniform"`` without their weights raises.
+        model: the model set whose weights run: ``"bicubic"`` (trained on bicubic
+            downscaling, the benchmark protocol) or ``"real"`` (real-world degradations);
+            default `patchscaler.checkpoints.DEFAULT_MODEL`. ``python -m patchscaler.info``
+            lists the sets this install has.
         quality: PGS preset: ``"fast"``, ``"balanced"`` (default) or ``"detail"``. Same
             step counts per group, thresholds that put about 8 %, 12 % or 30 % of the
             patches in the hard group (calibrated, ``weights/pgs_config.json``): ~0.19,
@@ -402,14 +413,16 @@ def upscale(
     Raises:
         TypeError: ``x`` (or ``seed``) of the wrong type, or an integer tensor.
         ValueError: wrong shape/channels, empty image, values outside [0, 1], NaN/inf,
-            output above ``max_output_megapixels``, unknown ``sampler``, unsupported
-            ``scale``, ``device`` or ``dtype``.
-        patchscaler.pipeline.WeightsNotAvailableError: ``sampler`` needs weights this
-            install does not have.
+            output above ``max_output_megapixels``, unknown ``sampler`` or ``model``,
+            unsupported ``scale``, ``device`` or ``dtype``.
+        patchscaler.checkpoints.WeightsNotAvailableError: the model set, or a file of it
+            that ``sampler`` needs, is not in this install.
     """
     scale = _check_scale(scale)
     out_spec = check_output_size(outscale, width, height, scale=scale)
-    sampler_name = _check_sampler(sampler)
+    model = check_model(model)
+    require("grm", model)  # a missing set fails here, before the sampler default is chosen
+    sampler_name = _check_sampler(sampler, model)
     check_quality(quality)  # here too: sampler="none" never reaches the PGS config
     seed = _check_seed(seed)
     max_batch_patches = _check_max_batch(max_batch_patches)
@@ -434,7 +447,7 @@ def upscale(
                 )
 
     sizes = [target_size(*item.rgb.shape[-2:], out_spec, scale=scale) for item in items]
-    pipe = get_pipeline(sampler_name, scale, dev, dt, quality)
+    pipe = get_pipeline(sampler_name, scale, dev, dt, quality, model)
     results = pipe.upscale_images(
         [item.rgb for item in items], seed=seed, max_batch_patches=max_batch_patches, progress=progress
     )

@@ -30,6 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
+from patchscaler.sampling.registry import DEFAULT_MODEL, MODEL_SETS, QUALITY_PRESETS, SAMPLERS
+
 __all__ = ["main", "read_image_array", "write_image_array"]
 
 OUTPUT_FORMATS = ("png", "jpg", "webp", "tif", "bmp", "same")
@@ -90,12 +92,17 @@ def _parser() -> argparse.ArgumentParser:
         help="output file, or folder (default: INPUT_x4.png next to a file, INPUT_x4/ for a folder)",
     )
     p.add_argument(
-        "--sampler", choices=("pgs", "uniform", "none"), default=None,
-        help="pgs: adaptive steps per patch (the method); uniform: every patch the hard group's steps; "
-        "none: the GRM alone. Default: pgs when its weights ship with this install, else none",
+        "--sampler", choices=tuple(SAMPLERS), default=None,
+        help="; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values())
+        + ". Default: pgs when the model set has its weights, else none",
     )
     p.add_argument(
-        "--quality", choices=("fast", "balanced", "detail"), default="balanced",
+        "--model", choices=MODEL_SETS, default=DEFAULT_MODEL,
+        help=f"model set: bicubic (trained on bicubic downscaling) or real (real-world degradations); "
+        f"default {DEFAULT_MODEL}; `python -m patchscaler.info` lists what this install has",
+    )
+    p.add_argument(
+        "--quality", choices=QUALITY_PRESETS, default="balanced",
         help="PGS preset: fast / balanced / detail put about 8 / 12 / 30 %% of the patches in the hard "
         "group (default balanced)",
     )
@@ -211,15 +218,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from patchscaler.image_files import read_image
         from patchscaler.api import DEFAULT_MAX_OUTPUT_MEGAPIXELS, default_sampler, upscale
-        from patchscaler.pipeline import WeightsNotAvailableError
+        from patchscaler.checkpoints import WeightsNotAvailableError, require
 
+        require("grm", args.model)  # a missing model set: one clear line before anything runs
         jobs, out_folder = _plan_jobs(args)
         folder = out_folder is not None
         dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
         if args.sampler is None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                sampler = default_sampler()
+                sampler = default_sampler(args.model)
             for w in caught if not args.quiet else ():
                 print(f"{prog}: note: {str(w.message).removeprefix('patchscaler: ')}", file=sys.stderr)
         else:
@@ -234,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from patchscaler.api import _check_device
 
             _check_device(args.device, torch.device("cpu"))
-    except (CLIError, ValueError) as exc:
+    except (CLIError, ValueError, FileNotFoundError) as exc:  # FileNotFoundError: WeightsNotAvailableError
         print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
@@ -251,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out, gmap = upscale(
                 arr,
                 sampler=sampler,
+                model=args.model,
                 quality=args.quality,
                 seed=args.seed,
                 device=args.device,

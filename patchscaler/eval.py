@@ -42,7 +42,7 @@ image that cannot be decoded stops the run before any result is written, with a
 one-line message naming the path and exit code 2 — silently skipping an image
 would give numbers that are not comparable with published ones.
 
-Adding a method: decorate a factory ``(scale, device) -> method`` with
+Adding a method: decorate a factory ``(scale, device, model) -> method`` with
 ``@register_method("name")`` in this module; ``method(lr [1,3,h,w] float [0,1] on
 device)`` returns ``sr [1,3,s·h,s·w]`` or ``(sr, {"counter": number, ...})``.
 """
@@ -70,6 +70,7 @@ from patchscaler.metrics.niqe import BLOCK as NIQE_MIN_SIZE
 from patchscaler.metrics.niqe import niqe
 from patchscaler.metrics.psnr import psnr_y
 from patchscaler.metrics.ssim import ssim_y
+from patchscaler.sampling.registry import DEFAULT_MODEL, EVAL_METHODS, MODEL_SETS, check_model
 
 __all__ = [
     "EvalError",
@@ -85,7 +86,7 @@ __all__ = [
 
 MethodResult = Tensor | tuple[Tensor, dict[str, float]]
 Method = Callable[[Tensor], MethodResult]
-MethodFactory = Callable[[int, torch.device], Method]
+MethodFactory = Callable[[int, torch.device, str], Method]  # (scale, device, model set)
 
 _METHODS: dict[str, MethodFactory] = {}
 
@@ -98,7 +99,7 @@ class EvalError(Exception):
 
 
 def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
-    """Register `factory(scale, device) -> method` under `name` for `--method name`."""
+    """Register `factory(scale, device, model) -> method` under `name` for `--method name`."""
 
     def deco(factory: MethodFactory) -> MethodFactory:
         if name in _METHODS:
@@ -114,66 +115,51 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def make_method(name: str, scale: int, device: str | torch.device = "cpu") -> Method:
-    """Instantiate a registered method (loads its weights); raises EvalError if unknown/unavailable."""
+def make_method(name: str, scale: int, device: str | torch.device = "cpu", model: str = DEFAULT_MODEL) -> Method:
+    """Instantiate a registered method with model set ``model``'s weights; raises EvalError
+    if unknown/unavailable (a missing set or file included)."""
     if name not in _METHODS:
         raise EvalError(f"unknown method {name!r} (available: {', '.join(available_methods())})")
     try:
-        return _METHODS[name](scale, torch.device(device))
+        return _METHODS[name](scale, torch.device(device), check_model(model))
     except FileNotFoundError as e:
         raise EvalError(f"method {name!r}: {e}") from e
 
 
 @register_method("bicubic")
-def _bicubic(scale: int, device: torch.device) -> Method:
+def _bicubic(scale: int, device: torch.device, model: str) -> Method:
     """MATLAB-compatible bicubic upscaling: the classic baseline."""
     return lambda lr: bicubic_upscale(lr, scale)
 
 
 @register_method("grm")
-def _grm(scale: int, device: torch.device) -> Method:
+def _grm(scale: int, device: torch.device, model: str) -> Method:
     """The Global Restoration Module alone: its coarse latent y0 decoded by the codec."""
     from patchscaler.models.grm import load_grm
 
-    model = load_grm(scale, device=device)
-    return model.upscale
+    return load_grm(scale, device=device, model=model).upscale
 
 
-def _diffusion_method(sampler: str, scale: int, device: torch.device, quality: str = "balanced") -> Method:
-    """The whole pipeline with `sampler`; reports DiT patch-evaluations and patches per image."""
-    from patchscaler.api import get_pipeline
+def _diffusion_method(sampler: str, quality: str) -> MethodFactory:
+    """The whole pipeline with `sampler` and `quality`; reports DiT patch-evaluations and patches per image."""
 
-    pipe = get_pipeline(sampler, scale, device, torch.float32, quality)
+    def factory(scale: int, device: torch.device, model: str) -> Method:
+        from patchscaler.api import get_pipeline
 
-    def run(lr: Tensor) -> tuple[Tensor, dict[str, float]]:
-        (sr, groups), = pipe.upscale_images([lr[0]], seed=0)
-        return sr[None], {"dit_evaluations": groups.evaluations, "patches": int(groups.group.numel())}
+        pipe = get_pipeline(sampler, scale, device, torch.float32, quality, model)
 
-    return run
+        def run(lr: Tensor) -> tuple[Tensor, dict[str, float]]:
+            (sr, groups), = pipe.upscale_images([lr[0]], seed=0)
+            return sr[None], {"dit_evaluations": groups.evaluations, "patches": int(groups.group.numel())}
 
+        return run
 
-@register_method("pgs")
-def _pgs(scale: int, device: torch.device) -> Method:
-    """PatchScaler: GRM, then patch-adaptive group sampling with the Patch-DiT."""
-    return _diffusion_method("pgs", scale, device)
-
-
-@register_method("pgs-fast")
-def _pgs_fast(scale: int, device: torch.device) -> Method:
-    """PGS with the "fast" preset (fewer patches in the hard group)."""
-    return _diffusion_method("pgs", scale, device, "fast")
+    factory.__doc__ = f"The pipeline with sampler {sampler!r}, preset {quality!r}."
+    return factory
 
 
-@register_method("pgs-detail")
-def _pgs_detail(scale: int, device: torch.device) -> Method:
-    """PGS with the "detail" preset (more patches in the hard group)."""
-    return _diffusion_method("pgs", scale, device, "detail")
-
-
-@register_method("uniform")
-def _uniform(scale: int, device: torch.device) -> Method:
-    """The baseline PGS is judged against: every patch the hard group's (T3, N3)."""
-    return _diffusion_method("uniform", scale, device)
+for _name, (_sampler, _quality) in EVAL_METHODS.items():  # pgs, pgs-fast, pgs-detail, uniform
+    register_method(_name)(_diffusion_method(_sampler, _quality))
 
 
 @dataclass
@@ -326,10 +312,12 @@ def evaluate(
     progress: bool = True,
     degradation: str = "bicubic",
     degradation_seed: int = 0,
+    model: str = DEFAULT_MODEL,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Run `methods` on every image of `datasets`; returns {dataset: {method: scores}}.
 
     `degradation` / `degradation_seed`: how the LR is made (see the module docstring).
+    `model`: the model set whose weights the trained methods use.
 
     scores: psnr (dB), ssim, niqe, hf_ratio (means over images), seconds (summed wall
     time of the method calls), images (count) and any method counters (summed).
@@ -340,7 +328,7 @@ def evaluate(
     device = torch.device(device)
     runners = {}
     for name in methods:
-        runners[name] = make_method(name, scale, device)
+        runners[name] = make_method(name, scale, device, model)
         _run_timed(runners[name], torch.full((1, 3, 8, 8), 0.5), device)  # untimed warm-up
 
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -385,12 +373,13 @@ def confidence_spearman(
     progress: bool = True,
     degradation: str = "bicubic",
     degradation_seed: int = 0,
+    model: str = DEFAULT_MODEL,
 ) -> tuple[float, int]:
     """Spearman ρ between GRM tile confidence and tile latent MSE over a dataset.
 
     Tiles: non-overlapping `patch`×`patch` latent tiles (see `metrics.confidence`),
     pooled over all images; MSE of y0 against the codec latent of the modcropped HR.
-    Returns (ρ, number of tiles). Project bar: ρ ≤ −0.6 on B100.
+    Returns (ρ, number of tiles) for the GRM of model set `model`. Project bar: ρ ≤ −0.6 on B100.
     """
     from tqdm import tqdm
 
@@ -398,15 +387,15 @@ def confidence_spearman(
 
     device = torch.device(device)
     try:
-        model = load_grm(scale, device=device)
+        grm = load_grm(scale, device=device, model=model)
     except FileNotFoundError as e:
         raise EvalError(f"confidence check: {e}") from e
     cs, es = [], []
     for path in tqdm(ds.paths, desc=f"{ds.name} confidence", unit="img", disable=not progress, file=sys.stderr):
         hr, lr = _load_pair(path, scale, degradation, degradation_seed)
         with torch.inference_mode():
-            y0, conf = model(lr.to(device))
-        x0 = model.codec.encode(hr)
+            y0, conf = grm(lr.to(device))
+        x0 = grm.codec.encode(hr)
         c, e = patch_confidence_and_mse(conf.float().cpu(), y0.float().cpu(), x0, patch)
         cs.append(c)
         es.append(e)
@@ -477,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", action="append", metavar="M", choices=available_methods(),
                         help=f"method to evaluate (repeatable; default bicubic): {', '.join(available_methods())}")
     parser.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_SETS,
+                        help=f"model set of the trained methods (grm, pgs, ...; default {DEFAULT_MODEL})")
     parser.add_argument("--json", metavar="OUT", help="write results here as JSON")
     parser.add_argument("--save", metavar="DIR", help="write SR images to DIR/<dataset>/<method>/")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N images (sorted) of each dataset")
@@ -512,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             from patchscaler.models.grm import load_grm
 
             try:
-                load_grm(args.scale, device=device)
+                load_grm(args.scale, device=device, model=args.model)
             except FileNotFoundError as e:
                 raise EvalError(f"confidence check: {e}") from e
         datasets = [find_dataset(d, args.limit) for d in args.data]
@@ -523,11 +514,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.degradation == "none" and args.confidence_spearman:
             raise EvalError("--confidence-spearman needs ground truth: not with --degradation none")
         results = evaluate(datasets, methods, args.scale, device, args.save, not args.no_progress,
-                           args.degradation, args.degradation_seed)
+                           args.degradation, args.degradation_seed, args.model)
         if args.confidence_spearman:
             for ds in datasets:
                 rho, n = confidence_spearman(ds, args.scale, device, progress=not args.no_progress,
-                                             degradation=args.degradation, degradation_seed=args.degradation_seed)
+                                             degradation=args.degradation, degradation_seed=args.degradation_seed,
+                                             model=args.model)
                 results[ds.name].setdefault("grm", {}).update(confidence_spearman=rho, confidence_tiles=n)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)

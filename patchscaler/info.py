@@ -8,8 +8,10 @@ import platform
 import torch
 
 import patchscaler
+from patchscaler.checkpoints import DEFAULT_MODEL, list_sets, weights_root
 from patchscaler.ops import OPS
 from patchscaler.ops._native import has_kernel
+from patchscaler.sampling.registry import SAMPLERS, sampler_available
 
 
 def _triton_version() -> str | None:
@@ -21,15 +23,13 @@ def _triton_version() -> str | None:
 
 
 def shipped_weights() -> dict:
-    """Each packaged weight file: its size in kB, or "missing"."""
-    from patchscaler.models.dit import DEFAULT_DIT_PATH
-    from patchscaler.models.grm import weights_path
-    from patchscaler.models.rtm import DEFAULT_RTM_PATH
-    from patchscaler.sampling.pgs import DEFAULT_PGS_CONFIG_PATH
+    """Each model set under the weights root: ``{set: {component: size in kB | "missing"}}``."""
+    return list_sets()
 
-    files = {"grm_x4": weights_path(4), "dit_x4": DEFAULT_DIT_PATH, "rtm_x4": DEFAULT_RTM_PATH,
-             "pgs_config": DEFAULT_PGS_CONFIG_PATH}
-    return {name: (f"{path.stat().st_size / 1e3:,.0f} kB" if path.is_file() else "missing") for name, path in files.items()}
+
+def sampler_table() -> dict:
+    """Per model set, which samplers it can run (`patchscaler.sampling.registry`)."""
+    return {m: [s for s in SAMPLERS if sampler_available(s, m)] for m in list_sets()}
 
 
 def build_info() -> dict:
@@ -49,23 +49,28 @@ def build_info() -> dict:
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "triton": _triton_version(),
         "op_kernels": backends,
+        "weights_root": str(weights_root()),
+        "default_model": DEFAULT_MODEL,
         "weights": shipped_weights(),
+        "samplers": sampler_table(),
     }
 
 
 def main() -> None:
     info = build_info()
     for key, value in info.items():
-        if key in ("op_kernels", "weights"):
+        if key in ("op_kernels", "weights", "samplers"):
             continue
         print(f"{key:20s} {value}")
     print("op kernels (registered):")
     for op, keys in info["op_kernels"].items():
         have = ", ".join(k for k, ok in keys.items() if ok) or "none"
         print(f"  {op:20s} {have}")
-    print("weights (shipped):")
-    for name, state in info["weights"].items():
-        print(f"  {name:20s} {state}")
+    print(f"weights (shipped): model sets in {info['weights_root']}, default {info['default_model']}")
+    for model, files in info["weights"].items():
+        print(f"  {model}  (samplers: {', '.join(info['samplers'][model]) or 'none available'})")
+        for name, state in files.items():
+            print(f"    {name:18s} {state}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from patchscaler.ops.patches import blend_patches, gather_patches
+from patchscaler.ops.patches import blend_patches, gather_patches, scatter_add_patches
 
 __all__ = [
     "axis_origins",
@@ -203,16 +203,25 @@ class PatchPlan:
         xp = pad_to_patch(x, self.patch)
         return gather_patches(xp, self.batch_origins(x.shape[0], x.device), *self.patch)
 
-    def merge(self, patches: Tensor, window: Tensor | None = None) -> Tensor:
-        """patches [B*P, C, ph, pw] -> blended images [B, C, H, W] (cropped back from padding)."""
+    def merge(self, patches: Tensor, window: Tensor | None = None, *, weights: Tensor | None = None) -> Tensor:
+        """patches [B*P, C, ph, pw] -> blended images [B, C, H, W] (cropped back from padding).
+
+        `window` [ph, pw]: the one blending window of every patch (default: the plan's).
+        `weights` [B*P, 1, ph, pw] instead: a weight per patch pixel, `sum w*patch / sum w`;
+        every pixel must get a positive weight sum.
+        """
         P = self.num_patches
         if patches.shape[0] % P != 0:
             raise ValueError(f"expected a multiple of {P} patches, got {patches.shape[0]}")
         B = patches.shape[0] // P
-        if window is None:
-            window = self.window(patches.dtype, patches.device)
         Hp, Wp = self.padded
-        out = blend_patches(patches, self.batch_origins(B, patches.device), window, B, Hp, Wp)
+        origins = self.batch_origins(B, patches.device)
+        if weights is not None:
+            out = scatter_add_patches(patches * weights, origins, B, Hp, Wp) / scatter_add_patches(weights, origins, B, Hp, Wp)
+        else:
+            if window is None:
+                window = self.window(patches.dtype, patches.device)
+            out = blend_patches(patches, origins, window, B, Hp, Wp)
         return out[..., : self.height, : self.width]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from patchscaler.pipeline import GroupMap
+from patchscaler.group_map import GroupMap
 
 __all__ = ["group_map_image", "confidence_image", "GROUP_COLOURS"]
 

@@ -54,7 +54,7 @@ from patchscaler.models.rtm import ReferenceTextureMemory
 from patchscaler.models.texture import TextureEncoder
 from patchscaler.patch_plan import plan_patches
 from patchscaler.sampling.denoiser import DiTDenoiser
-from patchscaler.sampling.pgs import PGSConfig, PGSSampler, UniformSampler, assign_groups
+from patchscaler.sampling.pgs import PGSConfig, PGSSampler, UniformSampler, assign_groups, patch_qmap
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = (192, 6, 2)  # (width, depth, patch) of the DiT default before this measurement
@@ -434,7 +434,7 @@ def section_e2e(rep: Report, threads: list[int], cfg: PatchDiTConfig, fractions:
         with torch.no_grad():
             for name, lr in lrs.items():
                 _, conf = grm(lr[None])
-                qmaps[name] = plan.split(conf.contiguous()).mean(dim=(1, 2, 3))
+                qmaps[name] = patch_qmap(plan.split(conf.contiguous()))
         pooled = torch.cat(list(qmaps.values()))
         g1 = float(pooled.quantile(1 - fractions[0]))
         g2 = float(pooled.quantile(fractions[2]))

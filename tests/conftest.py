@@ -1,4 +1,5 @@
-"""Test configuration: CUDA cases skip without a GPU; `shared_data` locates ../shared/data."""
+"""Test configuration: CUDA cases skip without a GPU; `shared_data` locates ../shared/data;
+`weights_dir` and `fake_models` point the package at tiny weight files."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
-from device_params import SHARED_DATA
+from helpers import SHARED_DATA, write_model_set
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,3 +27,66 @@ def shared_data() -> str:
     if not os.path.isdir(SHARED_DATA):
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch):
+    """An empty weights root (``PATCHSCALER_WEIGHTS``) to write tiny model sets into
+    (`helpers.write_model_set`); loaded models are forgotten before and after."""
+    from patchscaler import checkpoints
+
+    root = tmp_path / "weights"
+    root.mkdir()
+    monkeypatch.setenv(checkpoints.ENV_VAR, str(root))
+    checkpoints.clear()
+    yield root
+    checkpoints.clear()
+
+
+class _FakeModels(dict):
+    """The `fake_models` state; setting ``"pgs_available"`` adds or removes the set's DiT files."""
+
+    def __init__(self, root):
+        super().__init__(pgs_available=False, grm_loads=0, qualities=[])
+        self.root = root
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        if key == "pgs_available":
+            write_model_set(self.root, "bicubic", dit=value)
+            from patchscaler import checkpoints
+
+            checkpoints.clear()
+
+
+@pytest.fixture
+def fake_models(weights_dir, monkeypatch):
+    """The default model set → tiny weight files: a GRM whose confidence follows the
+    brightness, and (once ``state["pgs_available"] = True``, or for tests that ask for
+    "pgs"/"uniform" by name, which builds them) a tiny DiT with its PGS config.
+
+    Yields a dict: ``"pgs_available"`` (whether the set has its DiT), ``"grm_loads"``
+    (GRM loads by pipelines: the pipeline cache should load once per setting) and
+    ``"qualities"`` (the preset each sampler was built with).
+    """
+    import patchscaler.api as api
+    import patchscaler.pipeline as pipeline
+
+    state = _FakeModels(weights_dir)
+    write_model_set(weights_dir, "bicubic", dit=False)
+    real_load_grm, real_build_sampler = pipeline.load_grm, pipeline.build_sampler
+
+    def load_grm(*args, **kwargs):
+        state["grm_loads"] += 1
+        return real_load_grm(*args, **kwargs)
+
+    def build_sampler(name, model, device, dtype, quality="balanced"):
+        state["qualities"].append(quality)
+        if name != "none" and model == "bicubic" and not dict.get(state, "pgs_available"):
+            write_model_set(weights_dir, model, grm=False)  # asked for by name: the default set gets its DiT
+        return real_build_sampler(name, model, device, dtype, quality)
+
+    monkeypatch.setattr(pipeline, "load_grm", load_grm)
+    monkeypatch.setattr(pipeline, "build_sampler", build_sampler)
+    monkeypatch.setattr(api, "_warned_default_sampler", False)
+    yield state

@@ -1,13 +1,12 @@
 """``patchscaler.upscale``: every input kind in and the same kind out, determinism, the
 default-sampler rule, and a clear error for every bad argument.
 
-The shipped-weights loaders are replaced by small random models (`fake_models`), so
-these tests run (not skip) before the weights exist; `test_shipped_grm` covers the
-real files."""
+The shipped weights are replaced by tiny weight files in a temporary weights root
+(`fake_models`), so these tests run (not skip) without the real weights;
+`test_shipped_grm` covers the real files."""
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import numpy as np
@@ -18,36 +17,11 @@ from PIL import Image
 import patchscaler
 import patchscaler.api as api
 import patchscaler.pipeline as pipeline
+from patchscaler import checkpoints
 from patchscaler.data.resize import bicubic_upscale
 from patchscaler.pipeline import GroupMap, WeightsNotAvailableError
 
-from test_pipeline import banded_image, tiny_grm, tiny_sampler
-
-
-@pytest.fixture
-def fake_models(monkeypatch):
-    """Shipped GRM → a tiny random GRM; "pgs"/"uniform" → tiny random DiT samplers.
-
-    Yields a dict whose ``"pgs_available"`` says whether `sampler=None` sees PGS weights,
-    and ``"grm_loads"`` counts GRM loads (the pipeline cache should load once).
-    """
-    state = {"pgs_available": False, "grm_loads": 0}
-    grm = tiny_grm()
-
-    def load_grm(scale, device, dtype):
-        state["grm_loads"] += 1
-        return copy.deepcopy(grm).to(device=device, dtype=dtype)
-
-    def build_sampler(name, device, dtype, quality="balanced"):
-        state.setdefault("qualities", []).append(quality)
-        return None if name == "none" else tiny_sampler(name)
-
-    monkeypatch.setattr(pipeline, "_load_shipped_grm", load_grm)
-    monkeypatch.setattr(pipeline, "build_sampler", build_sampler)
-    monkeypatch.setattr(api, "sampler_available", lambda name: name == "none" or state["pgs_available"])
-    monkeypatch.setattr(api, "_PIPELINES", {})
-    monkeypatch.setattr(api, "_warned_default_sampler", False)
-    yield state
+from helpers import banded_image, write_model_set
 
 
 def _u8(h, w, c, seed=0):
@@ -265,10 +239,9 @@ def test_cuda_without_cuda(fake_models):
 def test_shipped_grm():
     """With the shipped GRM: a sane ×4 of the bundled example. Without it: a clear error."""
     from patchscaler.examples import EXAMPLE_LR
-    from patchscaler.models.grm import weights_path
 
     lr = Image.open(EXAMPLE_LR).convert("RGB").crop((0, 0, 24, 24))
-    if not weights_path(4).is_file():
+    if not checkpoints.weights_file("grm").is_file():
         with pytest.raises(WeightsNotAvailableError, match="GRM weights"):
             patchscaler.upscale(lr, sampler="none")
         return
@@ -316,7 +289,29 @@ def test_info_reports_build_and_shipped_weights(capsys):
     d = info.build_info()
     assert set(d["op_kernels"]) >= {"gather_patches", "blend_patches", "group_denoise_step", "topk_retrieve"}
     assert all(d["op_kernels"][op]["cpu"] for op in d["op_kernels"])
-    assert set(d["weights"]) == {"grm_x4", "dit_x4", "rtm_x4", "pgs_config"}
-    assert all(v.endswith("kB") for v in d["weights"].values())  # everything ships
+    assert set(d["weights"]["bicubic"]) == {"grm", "dit", "rtm", "pgs"}
+    assert all(v.endswith("kB") for v in d["weights"]["bicubic"].values())  # everything ships
+    assert d["samplers"]["bicubic"] == ["pgs", "uniform", "none"] and d["default_model"] == "bicubic"
     info.main()
-    assert "weights (shipped):" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "weights (shipped):" in out and "bicubic  (samplers: pgs, uniform, none)" in out
+
+
+# ------------------------------------------------------------------------ model sets
+
+
+def test_model_sets_are_chosen_by_name_and_checked(fake_models):
+    x = banded_image(6, 6)
+    write_model_set(fake_models.root, "real", dit=False)  # a partial set: only its GRM
+    assert patchscaler.upscale(x, model="real", sampler="none").shape == (3, 24, 24)
+    with pytest.raises(WeightsNotAvailableError, match=r"sampler 'pgs' needs .*dit_x4\.safetensors.*'real'"):
+        patchscaler.upscale(x, model="real", sampler="pgs")
+    with pytest.raises(ValueError, match="model must be one of 'real', 'bicubic'"):
+        patchscaler.upscale(x, model="realistic")
+    with pytest.raises(ValueError, match="model must be one of"):
+        patchscaler.upscale(x, model=None)
+
+
+def test_a_missing_model_set_fails_with_what_there_is(fake_models):
+    with pytest.raises(WeightsNotAvailableError, match=r"model set 'real' .*not in this install.*'bicubic'"):
+        patchscaler.upscale(banded_image(4, 4), model="real", sampler="none")

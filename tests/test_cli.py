@@ -1,5 +1,5 @@
-"""The ``patchscaler`` command on tmp files and folders (in-process `main`, small random
-models through the same hook as test_api.py): outputs, formats kept (grey, alpha,
+"""The ``patchscaler`` command on tmp files and folders (in-process `main`, tiny weight
+files through the `fake_models` / `weights_dir` fixtures of conftest.py): outputs, formats kept (grey, alpha,
 16-bit), --save-groups pictures, --json, and the errors and exit codes."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 
 from patchscaler.cli import _png_bit_depth, main, read_image_array, write_image_array
 
-from test_api import fake_models  # noqa: F401  (fixture)
+from helpers import write_model_set
 
 
 def _rgb(h, w, seed=0):
@@ -152,18 +152,23 @@ def test_too_large_image_is_a_clear_failure(fake_models, tmp_path, capsys):
     assert "--max-megapixels 0.01" in err and "40x40" in err  # refused from the header, before decoding
 
 
-def test_missing_dit_weights_exit_2(tmp_path, capsys, monkeypatch):
-    import patchscaler.api as api
-    import patchscaler.pipeline as pipeline
-
-    from test_pipeline import tiny_grm
-
-    monkeypatch.setattr(pipeline, "_load_shipped_grm", lambda scale, device, dtype: tiny_grm())
-    monkeypatch.setattr(pipeline, "sampler_available", lambda name: name == "none")
-    monkeypatch.setattr(api, "_PIPELINES", {})
+def test_missing_dit_weights_exit_2(tmp_path, capsys, weights_dir):
+    write_model_set(weights_dir, "bicubic", dit=False)
     Image.fromarray(_rgb(3, 3)).save(tmp_path / "a.png")
     assert main([str(tmp_path / "a.png"), "--sampler", "pgs", "-q"]) == 2
     assert "does not include" in capsys.readouterr().err
+
+
+def test_model_option(tmp_path, capsys, weights_dir):
+    write_model_set(weights_dir, "bicubic", dit=False)
+    Image.fromarray(_rgb(3, 3)).save(tmp_path / "a.png")
+    assert main([str(tmp_path / "a.png"), "--model", "real", "--sampler", "none", "-q"]) == 2
+    assert "model set 'real'" in capsys.readouterr().err  # a missing set: one line, exit 2
+    write_model_set(weights_dir, "real", dit=False)
+    assert main([str(tmp_path / "a.png"), "--model", "real", "--sampler", "none", "-q"]) == 0
+    assert Image.open(tmp_path / "a_x4.png").size == (12, 12)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "a.png"), "--model", "realistic"])
 
 
 def test_png16_roundtrip(tmp_path):

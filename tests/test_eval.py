@@ -133,7 +133,7 @@ def identity_method():
     """A registered method that returns the exact HR-size bicubic plus a counter."""
     name = "test_counting"
 
-    def factory(scale, device):
+    def factory(scale, device, model):
         def run(lr):
             return ev.bicubic_upscale(lr, scale), {"patch_evals": 3}
 
@@ -152,7 +152,7 @@ def test_method_stats_are_summed(image_folder, identity_method):
     assert "patch_evals" not in res["bicubic"]
     assert identity_method in ev.available_methods()
     with pytest.raises(ValueError):
-        ev.register_method("bicubic")(lambda s, d: None)
+        ev.register_method("bicubic")(lambda s, d, m: None)
 
 
 def test_confidence_spearman_with_a_stand_in_grm(tmp_path, monkeypatch):
@@ -178,19 +178,20 @@ def test_confidence_spearman_with_a_stand_in_grm(tmp_path, monkeypatch):
             gx = torch.cat([gx, gx[..., -1:]], dim=-1)
             return y0, torch.exp(-5 * gx)
 
-    monkeypatch.setattr(grm, "load_grm", lambda scale=4, device=None, dtype=None: StandIn())
+    monkeypatch.setattr(grm, "load_grm", lambda scale=4, device=None, dtype=None, model=None: StandIn())
     ds = ev.find_dataset(tmp_path / "tex")
     rho, n = ev.confidence_spearman(ds, scale=4, patch=4, progress=False)
     assert n == 6 * 8  # (96/4/4) x (128/4/4) latent tiles
     assert rho < -0.6, rho
 
 
-def test_grm_method_and_confidence_run_on_an_untrained_grm(image_folder, monkeypatch):
+def test_grm_method_and_confidence_run_on_an_untrained_grm(image_folder, weights_dir):
     """Wiring check without shipped weights: an untrained GRM starts as exact bicubic."""
+    from patchscaler.checkpoints import weights_file
     from patchscaler.models import grm
 
     model = grm.GRM(grm.GRMConfig(blocks=1)).eval()
-    monkeypatch.setattr(grm, "load_grm", lambda scale=4, device=None, dtype=None: model)
+    grm.save_grm(model.state_dict(), model.config, weights_file("grm", "bicubic"))
     ds = ev.find_dataset(image_folder)
     res = ev.evaluate([ds], ["bicubic", "grm"], scale=4, progress=False)["mini"]
     assert res["grm"]["psnr"] == pytest.approx(res["bicubic"]["psnr"], abs=1e-3)
@@ -229,3 +230,20 @@ def test_no_reference_protocol_reports_niqe_and_hf_vs_bicubic(tmp_path, capsys):
     assert r["niqe"] is not None and r["hf_ratio"] == pytest.approx(1.0)
     assert ev.main(["--data", str(lr_dir), "--degradation", "none", "--confidence-spearman"]) == 2
     assert "needs ground truth" in capsys.readouterr().err
+
+
+def test_model_option_picks_the_set_and_a_missing_one_exits_2(image_folder, weights_dir, capsys):
+    from patchscaler.checkpoints import weights_file
+    from patchscaler.models import grm
+
+    model = grm.GRM(grm.GRMConfig(blocks=1)).eval()
+    grm.save_grm(model.state_dict(), model.config, weights_file("grm", "real"))
+    ds = ev.find_dataset(image_folder)
+    res = ev.evaluate([ds], ["grm"], scale=4, progress=False, model="real")["mini"]
+    assert res["grm"]["images"] == 2
+    assert ev.main(["--data", str(image_folder), "--method", "grm", "--model", "bicubic", "--no-progress"]) == 2
+    assert "model set 'bicubic'" in capsys.readouterr().err
+    assert ev.main(["--data", str(image_folder), "--method", "pgs", "--model", "real", "--no-progress"]) == 2
+    assert "dit_x4.safetensors" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ev.main(["--data", str(image_folder), "--model", "realistic"])

@@ -9,7 +9,8 @@ import torch
 
 from patchscaler.codec import PixelUnshuffleCodec
 from patchscaler.data.resize import bicubic_upscale
-from patchscaler.models.grm import GRM, GRMConfig, load_grm, weights_path
+from patchscaler.checkpoints import weights_file
+from patchscaler.models.grm import GRM, GRMConfig, load_grm
 from patchscaler.models.losses import grm_loss
 
 TINY = GRMConfig(channels=8, blocks=2, expand=2, conf_channels=4)
@@ -87,8 +88,8 @@ def test_bf16_autocast_forward():
 
 
 def test_load_grm_shipped_weights():
-    if not weights_path(4).is_file():
-        pytest.skip(f"no exported GRM weights at {weights_path(4)}")
+    if not weights_file("grm").is_file():
+        pytest.skip(f"no exported GRM weights at {weights_file('grm')}")
     model = load_grm(4)
     assert load_grm(4) is model  # cached
     assert not model.training

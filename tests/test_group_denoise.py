@@ -10,14 +10,14 @@ skip in a normal run.
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
-from device_params import (
+from helpers import (
     DEVICES,
     TOLERANCES,
+    cosine_alphas_cumprod,
     needs_interpreter,
     run_interpreted_tests,
     runs_interpreter_child,
@@ -41,13 +41,6 @@ SHAPES = [
     (31, 11, (48, 4, 4)),
     (5, 0, (3, 2, 2)),
 ]
-
-
-def cosine_alphas_cumprod(T: int = 1000) -> torch.Tensor:
-    s = 0.008
-    f = lambda t: torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
-    i = torch.arange(T, dtype=torch.float64)
-    return torch.cumprod(1 - (1 - f(i + 1) / f(i)).clamp(max=0.999), 0).float()
 
 
 def denoise_inputs(P_all, P_act, inner, dtype, device, model_dtype=None, layout="contiguous", seed=0):

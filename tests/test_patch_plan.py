@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_params import DEVICES
+from helpers import DEVICES
 from patchscaler.ops.patches import blend_patches, gather_patches
 from patchscaler.patch_plan import (
     axis_origins,

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_params import DEVICES, TOLERANCES
+from helpers import DEVICES, TOLERANCES
 from patchscaler.ops.patches import (
     blend_patches,
     gather_patches,

@@ -31,6 +31,8 @@ def target_x0(y0):
 class OracleDenoiser:
     """Knows x0 = target_x0(y0) and returns the exact ε (or v) for the given y_t and t."""
 
+    schedule, alphas_cumprod = "cosine", AC
+
     def __init__(self, prediction="eps"):
         self.prediction = prediction
         self.calls = []
@@ -49,6 +51,8 @@ class OracleDenoiser:
 class WobblyDenoiser:
     """A non-oracle smooth model: its output depends on y_t, t and y0, so the result depends
     on the noise and on every (t, t_next) a patch visits."""
+
+    schedule, alphas_cumprod = "cosine", AC
 
     def __init__(self, prediction="eps"):
         self.prediction = prediction
@@ -114,7 +118,7 @@ def test_config_roundtrip_and_validation(tmp_path):
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_oracle_recovers_x0(prediction):
     y0, qmap, seeds = _patches(23)
-    out = PGSSampler(OracleDenoiser(prediction), CONFIG, AC)(y0, qmap, seeds, max_batch_patches=5)
+    out = PGSSampler(OracleDenoiser(prediction), CONFIG)(y0, qmap, seeds, max_batch_patches=5)
     torch.testing.assert_close(out.x0, target_x0(y0), atol=2e-5, rtol=1e-5)
 
 
@@ -122,7 +126,7 @@ def test_oracle_recovers_x0(prediction):
 def test_ragged_batches_equal_each_patch_alone(prediction):
     y0, qmap, seeds = _patches(19, seed=3)
     model = WobblyDenoiser(prediction)
-    out = PGSSampler(model, CONFIG, AC)(y0, qmap, seeds, max_batch_patches=7)
+    out = PGSSampler(model, CONFIG)(y0, qmap, seeds, max_batch_patches=7)
     noise = patch_noise(SHAPE, seeds)
     for p in range(19):
         g = int(out.group[p])
@@ -134,7 +138,7 @@ def test_ragged_batches_equal_each_patch_alone(prediction):
 def test_work_is_sum_of_group_sizes_times_steps():
     y0, qmap, seeds = _patches(31, seed=4)
     model = WobblyDenoiser()
-    out = PGSSampler(model, CONFIG, AC)(y0, qmap, seeds, max_batch_patches=8)
+    out = PGSSampler(model, CONFIG)(y0, qmap, seeds, max_batch_patches=8)
     sizes = torch.bincount(out.group, minlength=3)
     assert sizes.min() > 0  # the fixture exercises all three groups
     expected = sum(int(sizes[g]) * CONFIG.groups[g][1] for g in range(3))
@@ -149,7 +153,7 @@ def test_work_is_sum_of_group_sizes_times_steps():
 def test_uniform_sampler_runs_every_patch_from_t3():
     y0, qmap, seeds = _patches(9, seed=5)
     model = WobblyDenoiser()
-    out = UniformSampler(model, CONFIG, AC)(y0, qmap, seeds)
+    out = UniformSampler(model, CONFIG)(y0, qmap, seeds)
     assert out.group.tolist() == [2] * 9 and out.steps.tolist() == [7] * 9
     assert out.evaluations == 9 * 7
     noise = patch_noise(SHAPE, seeds)
@@ -158,7 +162,7 @@ def test_uniform_sampler_runs_every_patch_from_t3():
 
 def test_deterministic_across_chunk_sizes_and_order():
     y0, qmap, seeds = _patches(17, seed=6)
-    sampler = PGSSampler(WobblyDenoiser("v"), CONFIG, AC)
+    sampler = PGSSampler(WobblyDenoiser("v"), CONFIG)
     base = sampler(y0, qmap, seeds, max_batch_patches=17)
     for chunk in (1, 3, 16, 100):
         out = sampler(y0, qmap, seeds, max_batch_patches=chunk)
@@ -171,7 +175,7 @@ def test_deterministic_across_chunk_sizes_and_order():
 
 def test_generators_instead_of_seeds_and_unpacking():
     y0, qmap, seeds = _patches(5, seed=7)
-    sampler = PGSSampler(WobblyDenoiser(), CONFIG, AC)
+    sampler = PGSSampler(WobblyDenoiser(), CONFIG)
     a = sampler(y0, qmap, seeds)
     b = sampler(y0, qmap, generators=[torch.Generator().manual_seed(int(s)) for s in seeds])
     x0, group, steps = b
@@ -188,7 +192,7 @@ def test_derive_seeds_is_a_function_of_keys():
 
 
 def test_empty_input():
-    out = PGSSampler(WobblyDenoiser(), CONFIG, AC)(torch.zeros(0, *SHAPE), torch.zeros(0))
+    out = PGSSampler(WobblyDenoiser(), CONFIG)(torch.zeros(0, *SHAPE), torch.zeros(0))
     assert out.x0.shape == (0, *SHAPE) and out.evaluations == 0
 
 
@@ -196,7 +200,7 @@ def test_patch_qmap_is_mean_confidence_over_each_patch():
     g = torch.Generator().manual_seed(8)
     conf = torch.rand(2, 1, 20, 23, generator=g)
     origins = torch.tensor([[0, 0, 0], [1, 4, 7], [1, 4, 7], [0, 4, 0]])
-    q = patch_qmap(conf, origins, 16, 16)
+    q = patch_qmap(torch.ops.patchscaler.gather_patches(conf, origins, 16, 16))
     ref = torch.stack([conf[b, 0, y : y + 16, x : x + 16].mean() for b, y, x in origins.tolist()])
     torch.testing.assert_close(q, ref)
 
@@ -282,3 +286,12 @@ def test_shipped_presets_order_the_work():
     shares = [cfg.presets["fast"]["evaluations_vs_uniform"], cfg.calibration["results"]["pgs"]["evaluations"]
               / cfg.calibration["results"]["uniform"]["evaluations"], cfg.presets["detail"]["evaluations_vs_uniform"]]
     assert shares == sorted(shares) and shares[1] <= 1 / 3
+
+
+def test_the_schedule_is_the_denoisers_and_a_mismatch_is_an_error():
+    den = OracleDenoiser()
+    assert PGSSampler(den, CONFIG).alphas_cumprod is AC  # taken, not rebuilt
+    with pytest.raises(ValueError, match="'linear' schedule of 1000 steps, the denoiser was trained with a 'cosine'"):
+        PGSSampler(den, PGSConfig(schedule="linear"))
+    with pytest.raises(ValueError, match="schedule of 2000 steps"):
+        PGSSampler(den, PGSConfig(num_train_timesteps=2000))

@@ -11,44 +11,10 @@ import pytest
 import torch
 
 from patchscaler.codec import PixelUnshuffleCodec
-from patchscaler.models.dit import PatchDiT, PatchDiTConfig
-from patchscaler.models.grm import GRM, GRMConfig
 from patchscaler.pipeline import GroupMap, PatchScalerPipeline, WeightsNotAvailableError, build_sampler
-from patchscaler.sampling import DiTDenoiser, PGSConfig, PGSSampler, UniformSampler
+from patchscaler.sampling import PGSSampler
 
-PGS_TEST_CONFIG = PGSConfig(gammas=(0.6, 0.4), groups=((150, 1), (350, 2), (600, 3)))
-
-
-class BrightnessGRM(GRM):
-    """A small random GRM whose confidence is the local brightness (clamped), so test
-    images with dark and bright regions get all three PGS groups, deterministically."""
-
-    def forward(self, lr):
-        y0, _ = super().forward(lr)
-        return y0, lr.float().mean(1, keepdim=True).clamp(0.01, 0.99)
-
-
-def tiny_grm(seed: int = 0) -> GRM:
-    torch.manual_seed(seed)
-    grm = BrightnessGRM(GRMConfig(channels=8, blocks=1, expand=2, conf_channels=4))
-    torch.nn.init.normal_(grm.tail.weight, std=0.02)  # a non-zero residual over bicubic
-    return grm.eval()
-
-
-def tiny_sampler(kind: str = "pgs", seed: int = 0):
-    torch.manual_seed(seed)
-    dit = PatchDiT(PatchDiTConfig(width=32, depth=1, heads=2, value_dim=16)).eval()
-    cls = PGSSampler if kind == "pgs" else UniformSampler
-    return cls(DiTDenoiser(dit), PGS_TEST_CONFIG)
-
-
-def banded_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
-    """``[3,h,w]`` noise in dark / mid / bright vertical bands (hard / medium / simple patches)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(3, h, w, generator=g) * 0.2
-    level = torch.linspace(0.1, 0.8, w)[None, None, :]
-    return (x + level).clamp(0, 1)
-
+from helpers import PGS_TEST_CONFIG, banded_image, tiny_grm, tiny_sampler, write_model_set
 
 @pytest.fixture(scope="module")
 def grm():
@@ -170,19 +136,25 @@ def test_low_precision_models_stay_close(grm):
     assert next(grm.parameters()).dtype == torch.float32
 
 
-def test_diffusion_without_shipped_weights_raises_not_falls_back():
-    from patchscaler.models.dit import DEFAULT_DIT_PATH
-
-    if DEFAULT_DIT_PATH.is_file():
-        sampler = build_sampler("pgs", torch.device("cpu"), torch.float32)
-        assert isinstance(sampler, PGSSampler)
-    else:
-        with pytest.raises(WeightsNotAvailableError, match="sampler='none'"):
-            build_sampler("pgs", torch.device("cpu"), torch.float32)
-        with pytest.raises(WeightsNotAvailableError):
-            PatchScalerPipeline(grm=tiny_grm(), sampler="uniform")
+def test_diffusion_without_its_weights_raises_not_falls_back(weights_dir):
+    write_model_set(weights_dir, "bicubic")
+    write_model_set(weights_dir, "real", dit=False)  # a partial set: its GRM only
+    assert isinstance(build_sampler("pgs", "bicubic"), PGSSampler)
+    with pytest.raises(WeightsNotAvailableError, match=r"dit_x4\.safetensors.*'real'.*sampler='none'"):
+        build_sampler("pgs", "real")
+    with pytest.raises(WeightsNotAvailableError, match="dit_x4"):
+        PatchScalerPipeline(model="real", sampler="uniform")
+    assert PatchScalerPipeline(model="real", sampler="none").upscale_images([banded_image(5, 6)])[0][0].shape == (3, 20, 24)
     with pytest.raises(ValueError, match="unknown sampler"):
-        build_sampler("ddpm", torch.device("cpu"), torch.float32)
+        build_sampler("ddpm")
+    with pytest.raises(ValueError, match="model must be one of"):
+        build_sampler("pgs", "realistic")
+
+
+def test_a_missing_model_set_is_a_clear_error(weights_dir):
+    write_model_set(weights_dir, "bicubic")
+    with pytest.raises(WeightsNotAvailableError, match=r"model set 'real' .* not in this install.*'bicubic'"):
+        PatchScalerPipeline(model="real", sampler="none")
 
 
 def test_bad_settings_are_rejected(grm):

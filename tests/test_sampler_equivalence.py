@@ -10,12 +10,10 @@ alone with the reference step (`reference_group_denoise_step` on a one-patch sta
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
-from device_params import DEVICES
+from helpers import DEVICES, cosine_alphas_cumprod
 from patchscaler.ops.denoise import (
     group_denoise_step,
     reference_group_denoise_step,
@@ -28,13 +26,6 @@ from patchscaler.ops.denoise import (
 SCHEDULES = [(150, 1, 0), (150, 2, 3), (350, 4, 0), (600, 10, 1), (600, 13, 0),
              (349, 3, 5), (50, 5, 2), (999, 7, 0), (7, 8, 4), (0, 1, 6)]
 INNER = (4, 5, 5)
-
-
-def alphas_cumprod(T: int = 1000) -> torch.Tensor:
-    s = 0.008
-    f = lambda t: torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
-    i = torch.arange(T, dtype=torch.float64)
-    return torch.cumprod(1 - (1 - f(i + 1) / f(i)).clamp(max=0.999), 0).float()
 
 
 def step_pairs(t_start: int, n: int) -> list[tuple[int, int]]:
@@ -66,7 +57,7 @@ def test_ragged_sampler_equals_per_patch_reference(device, prediction, clip):
     y0 = torch.randn((P,) + INNER, generator=g).to(device)
     noise = torch.randn((P,) + INNER, generator=g).to(device)
     cond = torch.randn((P,) + INNER, generator=g).to(device)
-    ac = alphas_cumprod().to(device)
+    ac = cosine_alphas_cumprod().to(device)
     pairs = [step_pairs(t0, n) for t0, n, _ in SCHEDULES]
 
     # Ragged: one state tensor, every iteration one batched step of the patches due.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from device_params import (
+from helpers import (
     DEVICES,
     needs_interpreter,
     run_interpreted_tests,

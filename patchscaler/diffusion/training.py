@@ -17,7 +17,6 @@ the RTM builder, only by evaluation and PGS calibration.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -90,11 +89,11 @@ def load_frozen_grm(checkpoint: str | None, device: torch.device | str = "cpu"):
     """The GRM that makes ``y0`` and ``C``, frozen, in eval mode.
 
     checkpoint: None → the packaged weights (`load_grm`); a ``.pt`` checkpoint of
-    `patchscaler.train.grm` (its EMA weights); a ``.safetensors`` file with its ``.json``;
+    `patchscaler.train.grm` (its EMA weights); an exported ``.safetensors`` file;
     or "bicubic" → an untrained GRM, which is exactly MATLAB bicubic with C = 0.5
     (for smoke tests of the pipeline only).
     """
-    from patchscaler.models.grm import GRM, GRMConfig, load_grm
+    from patchscaler.models.grm import GRM, GRMConfig, grm_from_file, load_grm
 
     if checkpoint is None:
         return load_grm(4, device=device)
@@ -104,12 +103,7 @@ def load_frozen_grm(checkpoint: str | None, device: torch.device | str = "cpu"):
     else:
         path = Path(checkpoint)
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            meta_path = path.with_suffix(".json")
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-            model = GRM(GRMConfig.from_dict(meta.get("config", {})))
-            model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+            model = grm_from_file(path)
         else:
             ck = torch.load(path, map_location="cpu", weights_only=False)
             model = GRM(GRMConfig.from_dict(ck["config"]))

@@ -41,7 +41,6 @@ denoising step.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
@@ -51,12 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from patchscaler.diffusion.schedule import make_alphas_cumprod
+from patchscaler.checkpoints import read_safetensors, require, save_safetensors
+from patchscaler.diffusion.schedule import NUM_TRAIN_TIMESTEPS, make_alphas_cumprod
 from patchscaler.models.texture import SimilarityAwareTextureEncoder
 
-__all__ = ["PatchDiTConfig", "PatchDiT", "DiTBlock", "load_dit", "save_dit", "DEFAULT_DIT_PATH"]
-
-DEFAULT_DIT_PATH = Path(__file__).resolve().parent.parent / "weights" / "dit_x4.safetensors"
+__all__ = ["PatchDiTConfig", "PatchDiT", "DiTBlock", "load_dit", "save_dit"]
 
 
 @dataclass
@@ -87,7 +85,7 @@ class PatchDiTConfig:
     prediction: str = "v"
     anchor_sigma: float | None = 0.1
     schedule: str = "cosine"
-    num_train_timesteps: int = 1000
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
 
     def __post_init__(self):
         if self.prediction not in ("eps", "v"):
@@ -353,30 +351,24 @@ class PatchDiT(nn.Module):
 
 def save_dit(model: PatchDiT, path: str | os.PathLike, extra_metadata: dict | None = None, half: bool = True) -> None:
     """Write the model's weights (fp16 if ``half``) and config (JSON in the metadata) as safetensors."""
-    from safetensors.torch import save_file
-
-    sd = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"config": json.dumps(model.config.to_dict()), "format": "patchscaler.PatchDiT"}
-    if extra_metadata:
-        meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra_metadata.items()})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(path), metadata=meta)
+    sd = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    save_safetensors(path, sd, format="patchscaler.PatchDiT", config=model.config.to_dict(), metadata=extra_metadata)
 
 
 def load_dit(
-    path: str | os.PathLike | None = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    path: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    model: str | None = None,
 ) -> PatchDiT:
-    """Load a `PatchDiT` saved by `save_dit` (default: the packaged ``weights/dit_x4.safetensors``), in eval mode."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path) if path is not None else DEFAULT_DIT_PATH
+    """Load a `PatchDiT` saved by `save_dit` (default: model set ``model``'s ``dit_x4.safetensors``), in eval mode."""
+    path = Path(path) if path is not None else require("dit", model)
     if not path.is_file():
         raise FileNotFoundError(
             f"Patch-DiT weights not found at {path}; train them with `python -m patchscaler.train.dit`"
         )
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    model = PatchDiT(PatchDiTConfig.from_dict(json.loads(meta["config"])))
-    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-    return model.to(device=device, dtype=dtype).eval()
+    state, config, _ = read_safetensors(path)
+    dit = PatchDiT(PatchDiTConfig.from_dict(config))
+    dit.load_state_dict({k: v.float() for k, v in state.items()})
+    return dit.to(device=device, dtype=dtype).eval()

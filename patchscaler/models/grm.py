@@ -14,8 +14,7 @@ which matters because training runs on two CPU cores.
 
 from __future__ import annotations
 
-import json
-import threading
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,10 +23,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from patchscaler.checkpoints import cached, read_safetensors, require, save_safetensors
 from patchscaler.codec import PixelUnshuffleCodec
 from patchscaler.data.resize import imresize
+from patchscaler.patch_plan import PatchPlan, plan_patches
 
-__all__ = ["GRMConfig", "GRM", "load_grm", "weights_path"]
+__all__ = ["GRMConfig", "GRM", "grm_from_file", "check_tiling", "load_grm", "restore_tiled", "save_grm"]
 
 
 @dataclass
@@ -124,41 +125,118 @@ class GRM(nn.Module):
         return self.codec.decode(y0).clamp(0, 1)
 
 
-def weights_path(scale: int = 4) -> Path:
-    """Where the shipped GRM weights live inside the package."""
-    return Path(__file__).resolve().parent.parent / "weights" / f"grm_x{scale}.safetensors"
+# ------------------------------------------------------------------------- tiling
+
+_TILE_SLACK = 8  # tiles overlap by 2·context + this, so their trusted cores overlap too
 
 
-_CACHE: dict[tuple, GRM] = {}
-_CACHE_LOCK = threading.Lock()
+def check_tiling(tile: int, context: int) -> None:
+    """ValueError unless tiles of side ``tile`` have a trusted core inside a ``context`` band."""
+    if tile <= 2 * context + _TILE_SLACK:
+        raise ValueError(f"grm_tile ({tile}) must exceed 2*grm_context + {_TILE_SLACK} = {2 * context + _TILE_SLACK}")
 
 
-def load_grm(scale: int = 4, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> GRM:
-    """The shipped, trained GRM for ``scale`` in eval mode (cached per scale/device/dtype).
+@torch.no_grad()
+def restore_tiled(
+    grm: nn.Module, lr: Tensor, tile: int, context: int, progress: bool = False
+) -> tuple[Tensor, Tensor]:
+    """``grm`` on ``lr [B,3,h,w]`` → ``(y0 [B,C,h,w], conf [B,1,h,w])`` float32, at most
+    ``tile²`` LR pixels per forward.
 
-    Reads ``patchscaler/weights/grm_x{scale}.safetensors`` and its ``.json`` (config).
-    fp16-stored weights are cast to ``dtype`` (default fp32).
+    Larger images run as overlapping tiles, blended with a weight that is 0 on each tile's
+    outer ``context`` band (where the tile's zero padding differs from the image's) except
+    along the image border, and 1 elsewhere. With ``context`` ≥ the GRM's receptive radius
+    the result equals the whole-image forward.
     """
-    from safetensors.torch import load_file
+    check_tiling(tile, context)
+    B, _, h, w = lr.shape
+    if h <= tile and w <= tile:
+        y0, conf = grm(lr)
+        return y0.float(), conf.float()
+    overlap = 2 * context + _TILE_SLACK
+    th, tw = _balanced_tile(h, tile, overlap), _balanced_tile(w, tile, overlap)
+    plan = plan_patches(h, w, (th, tw), (min(overlap, th - 1), min(overlap, tw - 1)))
+    tiles = plan.split(lr.contiguous())
+    # Several small tiles per forward, as long as they add up to one full tile's pixels.
+    chunks = tiles.split(max(1, tile**2 // (th * tw)))
+    if progress and len(chunks) > 1:
+        from tqdm.auto import tqdm
 
+        chunks = tqdm(chunks, desc="GRM tiles", unit="batch", leave=False)
+    outs = [grm(chunk) for chunk in chunks]
+    weights = _tile_weights(plan, context, B).to(lr.device)
+    y0 = plan.merge(torch.cat([y.float() for y, _ in outs]), weights=weights)
+    conf = plan.merge(torch.cat([c.float() for _, c in outs]), weights=weights)
+    return y0, conf
+
+
+def _tile_weights(plan: PatchPlan, context: int, batch: int) -> Tensor:
+    """``[batch·T, 1, th, tw]`` float32: 1 on each tile's trusted core, 0 on its outer
+    ``context`` band, except along sides on the image border (there the tile's zero
+    padding is the image's own, so those pixels are exact too)."""
+    (th, tw), c = plan.patch, context
+
+    def axis(origin: int, n: int, size: int) -> Tensor:
+        w = torch.ones(n)
+        if origin > 0:
+            w[:c] = 0
+        if origin + n < size:
+            w[n - c :] = 0
+        return w
+
+    wy = torch.stack([axis(y, th, plan.height) for y, _ in plan.origins().tolist()])
+    wx = torch.stack([axis(x, tw, plan.width) for _, x in plan.origins().tolist()])
+    return (wy[:, :, None] * wx[:, None, :])[:, None].repeat(batch, 1, 1, 1)
+
+
+def _balanced_tile(size: int, max_tile: int, overlap: int) -> int:
+    """Tile side along an axis of ``size``: the fewest tiles of at most ``max_tile`` that
+    cover it with ``overlap``, made equal, so no tile is mostly a repeat of its neighbour."""
+    if size <= max_tile:
+        return size
+    n = -(-(size - overlap) // (max_tile - overlap))
+    return min(max_tile, -(-(size + (n - 1) * overlap) // n))
+
+
+# ------------------------------------------------------------------------- weights
+
+
+def grm_from_file(path: str | os.PathLike) -> GRM:
+    """A `GRM` (fp32, train mode) from a safetensors file written by `save_grm`."""
+    state, config, _ = read_safetensors(path)
+    model = GRM(GRMConfig.from_dict(config))
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model
+
+
+def save_grm(state: dict[str, Tensor], config: GRMConfig | dict, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write GRM weights ``state`` (in the dtype given) with the config and ``metadata`` in the file."""
+    cfg = config if isinstance(config, dict) else asdict(config)
+    return save_safetensors(path, state, format="patchscaler.GRM", config=cfg, metadata=metadata)
+
+
+def load_grm(
+    scale: int = 4,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    model: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> GRM:
+    """The trained GRM of model set ``model`` (or the file ``path``) in eval mode, frozen,
+    cached per (file, device, dtype) (`patchscaler.checkpoints.clear` forgets it).
+
+    fp16-stored weights are cast to ``dtype`` (default fp32). Raises
+    `WeightsNotAvailableError` when the set has no GRM.
+    """
+    if scale != 4:
+        raise ValueError(f"only x4 GRM weights exist, got scale={scale}")
+    path = Path(path) if path is not None else require("grm", model)
     device = torch.device(device or "cpu")
     dtype = dtype or torch.float32
-    key = (scale, str(device), dtype)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        path = weights_path(scale)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"GRM weights not found at {path}; train with `python -m patchscaler.train.grm` and export"
-            )
-        meta_path = path.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        model = GRM(GRMConfig.from_dict(meta.get("config", {"scale": scale})))
-        state = {k: v.float() for k, v in load_file(str(path)).items()}
-        model.load_state_dict(state)
-        model = model.to(device=device, dtype=dtype).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        _CACHE[key] = model
-        return model
+
+    def build() -> GRM:
+        grm = grm_from_file(path).to(device=device, dtype=dtype).eval()
+        return grm.requires_grad_(False)
+
+    return cached(("grm", str(path.resolve()), str(device), dtype), build)

@@ -26,12 +26,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
+import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
+from patchscaler.checkpoints import read_safetensors, require, save_safetensors
 from patchscaler.models.texture import TextureEncoder, TextureEncoderConfig
 
-__all__ = ["ReferenceTextureMemory", "image_id", "load_rtm", "DEFAULT_RTM_PATH"]
-
-DEFAULT_RTM_PATH = Path(__file__).resolve().parent.parent / "weights" / "rtm_x4.safetensors"
+__all__ = ["ReferenceTextureMemory", "image_id", "load_rtm"]
 
 
 def image_id(relative_path: str | os.PathLike) -> int:
@@ -130,22 +129,17 @@ class ReferenceTextureMemory(nn.Module):
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None, half: bool = True) -> None:
         """Write keys, values, image ids and the encoder (fp16 floats if ``half``) as safetensors."""
-        from safetensors.torch import save_file
-
         def cast(v: Tensor) -> Tensor:
-            return (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
+            return v.half() if half and v.is_floating_point() else v
 
         tensors = {"keys": cast(self.keys), "values": cast(self.values)}
         if self.image_ids is not None:
             tensors["image_ids"] = self.image_ids.cpu()
-        meta = {"format": "patchscaler.ReferenceTextureMemory"}
+        meta = dict(metadata or {})
         if self.encoder is not None:
             tensors.update({f"encoder.{k}": cast(v) for k, v in self.encoder.state_dict().items()})
-            meta["encoder_config"] = json.dumps(self.encoder.config.to_dict())
-        if metadata:
-            meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
+            meta["encoder_config"] = self.encoder.config.to_dict()
+        save_safetensors(path, tensors, format="patchscaler.ReferenceTextureMemory", metadata=meta)
 
     @classmethod
     def load(
@@ -153,12 +147,7 @@ class ReferenceTextureMemory(nn.Module):
     ) -> "ReferenceTextureMemory":
         """Read a memory written by `save`. Floats become ``dtype`` (default: float32 on CPU,
         float16 elsewhere — fp16 matmuls are slow on CPU and fast on GPU)."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        t = load_file(str(path))
+        t, _, meta = read_safetensors(path)
         device = torch.device(device)
         if dtype is None:
             dtype = torch.float32 if device.type == "cpu" else torch.float16
@@ -173,10 +162,14 @@ class ReferenceTextureMemory(nn.Module):
 
 
 def load_rtm(
-    path: str | os.PathLike | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    path: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    *,
+    model: str | None = None,
 ) -> ReferenceTextureMemory:
-    """Load the packaged memory ``weights/rtm_x4.safetensors`` (or ``path``)."""
-    path = Path(path) if path is not None else DEFAULT_RTM_PATH
+    """Load model set ``model``'s memory ``rtm_x4.safetensors`` (or ``path``)."""
+    path = Path(path) if path is not None else require("rtm", model)
     if not path.is_file():
         raise FileNotFoundError(f"texture memory not found at {path}; build it with `python -m patchscaler.train.rtm`")
     return ReferenceTextureMemory.load(path, device=device, dtype=dtype)

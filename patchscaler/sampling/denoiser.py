@@ -10,6 +10,10 @@ A denoiser does two things:
 * ``__call__(y_t [B,C,h,w], t [B] int64, cond: dict of [B,...]) -> [B,C,h,w]``: the
   model output (ε̂ or v̂, named by the ``prediction`` attribute).
 
+and carries the diffusion schedule it was trained with: ``alphas_cumprod [T]`` float64
+and its ``schedule`` name (the DiT's, from its weights' metadata). The samplers use that
+table; they never rebuild one.
+
 The samplers know nothing else about the model, which keeps them testable with an
 analytic stand-in (tests/test_pgs.py uses an oracle that knows x0).
 """
@@ -21,14 +25,17 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from patchscaler.checkpoints import weights_file
 from patchscaler.models.dit import PatchDiT, load_dit
-from patchscaler.models.rtm import DEFAULT_RTM_PATH, ReferenceTextureMemory, load_rtm
+from patchscaler.models.rtm import ReferenceTextureMemory, load_rtm
 
 __all__ = ["PatchDenoiser", "DiTDenoiser"]
 
 
 class PatchDenoiser(Protocol):
     prediction: str
+    schedule: str
+    alphas_cumprod: Tensor
 
     def condition(self, y0: Tensor) -> dict[str, Tensor]: ...
 
@@ -56,15 +63,21 @@ class DiTDenoiser:
     def prediction(self) -> str:
         return self.dit.config.prediction
 
+    @property
+    def schedule(self) -> str:
+        return self.dit.config.schedule
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self.dit.alphas_cumprod
+
     @classmethod
     def from_pretrained(
-        cls, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, dit_path=None, rtm_path=None
+        cls, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *, model: str | None = None
     ) -> "DiTDenoiser":
-        """The packaged DiT (required) and texture memory (used when its file exists)."""
-        dit = load_dit(dit_path, device=device, dtype=dtype)
-        rtm = None
-        if rtm_path is not None or DEFAULT_RTM_PATH.is_file():
-            rtm = load_rtm(rtm_path, device=device)
+        """Model set ``model``'s DiT (required) and texture memory (used when the set has one)."""
+        dit = load_dit(device=device, dtype=dtype, model=model)
+        rtm = load_rtm(device=device, model=model) if weights_file("rtm", model).is_file() else None
         return cls(dit, rtm)
 
     @torch.no_grad()

@@ -29,8 +29,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
-from patchscaler.diffusion.schedule import NUM_TRAIN_TIMESTEPS, ddim_timesteps, make_alphas_cumprod
+import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
+from patchscaler.checkpoints import weights_file
+from patchscaler.diffusion.schedule import NUM_TRAIN_TIMESTEPS, ddim_timesteps
 from patchscaler.sampling.denoiser import PatchDenoiser
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "PGSOutput",
     "PGSSampler",
     "UniformSampler",
-    "DEFAULT_PGS_CONFIG_PATH",
     "QUALITY_PRESETS",
     "check_quality",
     "assign_groups",
@@ -46,8 +46,6 @@ __all__ = [
     "derive_seeds",
     "patch_noise",
 ]
-
-DEFAULT_PGS_CONFIG_PATH = Path(__file__).resolve().parent.parent / "weights" / "pgs_config.json"
 
 SIMPLE, MEDIUM, HARD = 0, 1, 2
 GROUP_NAMES = ("simple", "medium", "hard")
@@ -66,14 +64,16 @@ def check_quality(name: str) -> str:
 
 @dataclass
 class PGSConfig:
-    """Sampler settings. Written by `python -m patchscaler.train.calibrate_pgs` to
-    ``weights/pgs_config.json`` (with the measured trade-off in ``calibration``);
-    the defaults below are SPEC §2's starting points, used when that file is absent.
+    """Sampler settings. Written by `python -m patchscaler.train.calibrate_pgs` to a model
+    set's ``pgs_config.json`` (with the measured trade-off in ``calibration``), from that
+    set's trained DiT; the defaults below are SPEC §2's starting points.
 
     gammas: (γ1, γ2), γ1 > γ2, thresholds on a patch's mean confidence in [0, 1].
     groups: ((T1, N1), (T2, N2), (T3, N3)) for simple, medium, hard; T1 < T2 < T3 and
         N1 ≤ N2 ≤ N3 (the sampler accepts any values; calibration enforces the order).
     prediction: "eps"/"v" to insist on a model type, None to take the denoiser's.
+    schedule, num_train_timesteps: the schedule of the DiT the config was calibrated with;
+        the sampler takes its ᾱ table from the denoiser and refuses one that differs.
     clip_x0: clamp each step's x̂0 to [−clip_x0, clip_x0] (the latent of an image in
         [0, 1] lies in [−1, 1]); None: no clamp.
     presets: {"fast": {"gammas": [γ1, γ2], ...}, "detail": {...}}: other thresholds for
@@ -115,7 +115,7 @@ class PGSConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    def save(self, path: str | os.PathLike = DEFAULT_PGS_CONFIG_PATH) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -132,12 +132,12 @@ class PGSConfig:
         return replace(self, gammas=tuple(self.presets[name]["gammas"]))
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> "PGSConfig":
-        """From ``path``, else from the packaged ``weights/pgs_config.json`` when it exists, else defaults."""
+    def load(cls, path: str | os.PathLike | None = None, *, model: str | None = None) -> "PGSConfig":
+        """From ``path``, else from model set ``model``'s ``pgs_config.json`` when it exists, else defaults."""
         if path is None:
-            if not DEFAULT_PGS_CONFIG_PATH.is_file():
+            path = weights_file("pgs", model)
+            if not path.is_file():
                 return cls()
-            path = DEFAULT_PGS_CONFIG_PATH
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
@@ -161,6 +161,13 @@ class PGSOutput:
     def __iter__(self) -> Iterator[Tensor]:
         return iter((self.x0, self.group, self.steps))
 
+    def part(self, start: int, stop: int) -> "PGSOutput":
+        """Patches ``start:stop`` (e.g. one image's); ``evaluations`` counts theirs,
+        ``dit_calls`` and ``iterations`` stay the whole call's."""
+        sl = slice(start, stop)
+        steps = self.steps[sl]
+        return PGSOutput(self.x0[sl], self.group[sl], steps, int(steps.sum()), self.dit_calls, self.iterations)
+
 
 def assign_groups(qmap: Tensor, gammas: tuple[float, float]) -> Tensor:
     """Mean confidence per patch ``[P]`` → group ``[P]`` int64: 0 if q > γ1, 1 if γ2 < q ≤ γ1, 2 if q ≤ γ2."""
@@ -172,10 +179,10 @@ def assign_groups(qmap: Tensor, gammas: tuple[float, float]) -> Tensor:
     return group
 
 
-def patch_qmap(confidence: Tensor, origins: Tensor, ph: int, pw: int) -> Tensor:
-    """The Qmap: ``confidence [B,1,H,W]`` + patch ``origins [P,3]`` (b, y, x) → mean C per patch ``[P]`` float32."""
-    patches = torch.ops.patchscaler.gather_patches(confidence.float().contiguous(), origins, ph, pw)
-    return patches.mean(dim=(1, 2, 3))
+def patch_qmap(confidence_patches: Tensor) -> Tensor:
+    """The Qmap: GRM confidence cut into patches ``[P,1,ph,pw]`` (e.g. `PatchPlan.split`)
+    → mean confidence per patch ``[P]`` float32."""
+    return confidence_patches.float().mean(dim=(1, 2, 3))
 
 
 _MASK64 = (1 << 64) - 1
@@ -234,14 +241,19 @@ class PGSSampler:
     progress: called with the number of patch-evaluations after each denoiser call.
     """
 
-    def __init__(self, denoiser: PatchDenoiser, config: PGSConfig | None = None, alphas_cumprod: Tensor | None = None):
+    def __init__(self, denoiser: PatchDenoiser, config: PGSConfig | None = None):
         self.denoiser = denoiser
-        self.config = config = config if config is not None else PGSConfig.load()
+        self.config = config = config if config is not None else PGSConfig()
         if config.prediction is not None and config.prediction != denoiser.prediction:
             raise ValueError(f"config wants prediction {config.prediction!r}, the denoiser makes {denoiser.prediction!r}")
-        if alphas_cumprod is None:
-            alphas_cumprod = make_alphas_cumprod(config.schedule, config.num_train_timesteps, dtype=torch.float64)
-        self.alphas_cumprod = alphas_cumprod
+        # The one schedule is the denoiser's (from its weights); the config only names it.
+        self.alphas_cumprod = denoiser.alphas_cumprod
+        made = (denoiser.schedule, self.alphas_cumprod.shape[0])
+        if made != (config.schedule, config.num_train_timesteps):
+            raise ValueError(
+                f"the PGS config is for a {config.schedule!r} schedule of {config.num_train_timesteps} steps, "
+                f"the denoiser was trained with a {made[0]!r} schedule of {made[1]} steps"
+            )
 
     def assign_groups(self, qmap: Tensor) -> Tensor:
         """``[P]`` mean confidence → ``[P]`` int64 group."""

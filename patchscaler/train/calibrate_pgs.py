@@ -1,6 +1,6 @@
 """Calibrate Patch-adaptive Group Sampling: thresholds γ1, γ2 and (T_i, N_i) per group.
 
-    python -m patchscaler.train.calibrate_pgs                  # → patchscaler/weights/pgs_config.json
+    python -m patchscaler.train.calibrate_pgs                  # → patchscaler/weights/bicubic/pgs_config.json
     python -m patchscaler.train.calibrate_pgs --crops 160 --fractions 0.5,0.38,0.12 --threads 2
 
 On latent patches of held-out photos (never seen by the GRM, texture, RTM or DiT
@@ -51,16 +51,17 @@ from patchscaler.diffusion.training import (
 from patchscaler.metrics.hf_ratio import hf_energy
 from patchscaler.train.common import RunControl, RunLog
 from patchscaler.metrics.ycbcr import y_channel
-from patchscaler.models.dit import DEFAULT_DIT_PATH, load_dit
-from patchscaler.models.rtm import DEFAULT_RTM_PATH, load_rtm
+from patchscaler.checkpoints import weights_file
+from patchscaler.models.dit import load_dit
+from patchscaler.models.rtm import load_rtm
 from patchscaler.sampling.denoiser import DiTDenoiser
 from patchscaler.sampling.pgs import (
-    DEFAULT_PGS_CONFIG_PATH,
     GROUP_NAMES,
     PGSConfig,
     PGSSampler,
     UniformSampler,
     assign_groups,
+    patch_qmap,
 )
 
 DEFAULT_GRIDS = (
@@ -74,8 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m patchscaler.train.calibrate_pgs", description=__doc__.split("\n")[0])
     add_common_args(p, "runs/calibrate_pgs")
     p.add_argument("--grm-checkpoint", default=None, help="GRM .pt/.safetensors (default: packaged weights; 'bicubic' for smoke tests)")
-    p.add_argument("--dit", default=str(DEFAULT_DIT_PATH))
-    p.add_argument("--rtm", default=str(DEFAULT_RTM_PATH), help="texture memory; 'none' for the no-reference prompt")
+    p.add_argument("--dit", default=str(weights_file("dit")))
+    p.add_argument("--rtm", default=str(weights_file("rtm")), help="texture memory; 'none' for the no-reference prompt")
     p.add_argument("--crops", type=int, default=160, help="held-out LR crops (4 patches each at the default sizes)")
     p.add_argument("--lr-crop", type=int, default=48)
     p.add_argument("--fractions", default="0.5,0.38,0.12",
@@ -89,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=0.05, help="dB of mean score below the best still accepted (then the cheapest wins)")
     p.add_argument("--budget", type=float, default=0.3, help="largest share of the uniform sampler's evaluations PGS may spend")
     p.add_argument("--batch", type=int, default=256, help="max patches per DiT call")
-    p.add_argument("--export-to", default=str(DEFAULT_PGS_CONFIG_PATH))
+    p.add_argument("--export-to", default=str(weights_file("pgs")))
     return p.parse_args(argv)
 
 
@@ -175,7 +176,7 @@ def calibrate(a) -> None:
     held = LatentPatchPairs(pool, held_idx, grm, lr_crop=a.lr_crop, device=device, per_photo=True, degradation=a.degradation)
     data = held.sample(a.crops, torch.Generator().manual_seed(a.seed))
     y0, x0 = data["y0"], data["x0"]
-    qmap = data["conf"].mean(dim=(1, 2, 3))
+    qmap = patch_qmap(data["conf"])
     P = y0.shape[0]
     seeds = torch.arange(P, dtype=torch.long) + 1_000_003 * a.seed
     log(f"{P} held-out patches from {len(held_idx)} photos; Qmap mean {float(qmap.mean()):.4f} "

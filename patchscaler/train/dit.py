@@ -2,8 +2,8 @@
 
     python -m patchscaler.train.dit --minutes 600 --device cuda       # → runs/dit
     python -m patchscaler.train.dit --resume --minutes 120            # continue exactly
-    python -m patchscaler.train.dit --export                          # → patchscaler/weights/dit_x4.safetensors
-    python -m patchscaler.train.dit --init patchscaler/weights/dit_x4.safetensors --device cuda --minutes 10
+    python -m patchscaler.train.dit --export                          # → patchscaler/weights/bicubic/dit_x4.safetensors
+    python -m patchscaler.train.dit --init patchscaler/weights/bicubic/dit_x4.safetensors --device cuda --minutes 10
                                                                       # continue the shipped model
 
 Data: ``(y0, x0)`` latent patch pairs, ``y0`` from the frozen GRM (``--grm-checkpoint``
@@ -39,8 +39,9 @@ import torch.nn.functional as F
 import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.diffusion.schedule import make_alphas_cumprod
 from patchscaler.diffusion.training import LatentPatchPairs, add_common_args, load_frozen_grm, open_pool, split_entries
-from patchscaler.models.dit import DEFAULT_DIT_PATH, PatchDiT, PatchDiTConfig, save_dit
-from patchscaler.models.rtm import DEFAULT_RTM_PATH, load_rtm
+from patchscaler.checkpoints import weights_file
+from patchscaler.models.dit import PatchDiT, PatchDiTConfig, save_dit
+from patchscaler.models.rtm import load_rtm
 from patchscaler.sampling.pgs import PGSConfig
 from patchscaler.train.common import (
     RunControl,
@@ -54,11 +55,11 @@ from patchscaler.train.common import (
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    pgs = PGSConfig.load()
+    pgs = PGSConfig()  # SPEC §2's groups: the calibrated pgs_config.json is made from this DiT, later
     p = argparse.ArgumentParser(prog="python -m patchscaler.train.dit", description=__doc__.split("\n")[0])
     add_common_args(p, "runs/dit")
     p.add_argument("--grm-checkpoint", default=None, help="GRM .pt/.safetensors (default: packaged weights; 'bicubic' for smoke tests)")
-    p.add_argument("--rtm", default=str(DEFAULT_RTM_PATH), help="texture memory; 'none' trains without references")
+    p.add_argument("--rtm", default=str(weights_file("rtm")), help="texture memory; 'none' trains without references")
     p.add_argument("--width", type=int, default=PatchDiTConfig.width)
     p.add_argument("--depth", type=int, default=PatchDiTConfig.depth)
     p.add_argument("--heads", type=int, default=PatchDiTConfig.heads)
@@ -81,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="start a new run from exported weights (e.g. the shipped dit_x4.safetensors): "
                         "its config and weights, a fresh optimiser; ignored when --resume finds a checkpoint")
     p.add_argument("--export", action="store_true", help="export OUT/last.pt's EMA weights and exit")
-    p.add_argument("--export-to", default=str(DEFAULT_DIT_PATH))
+    p.add_argument("--export-to", default=str(weights_file("dit")))
     return p.parse_args(argv)
 
 
@@ -162,7 +163,7 @@ def train(a) -> None:
     prompts = PromptSource(rtm, top_k)
     # Validation queries the memory without exclusion: held-out photos are not in it.
     val["values"], val["scores"] = prompts(val["y0"], None)
-    val_ts = sorted({t for t, _ in PGSConfig.load().groups if t <= a.t_max} | {a.t_max})
+    val_ts = sorted({t for t, _ in PGSConfig().groups if t <= a.t_max} | {a.t_max})
 
     torch.manual_seed(a.seed)
     model = PatchDiT(cfg)

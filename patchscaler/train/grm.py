@@ -2,7 +2,7 @@
 
     python -m patchscaler.train.grm --data ../shared/data/train --out runs/grm --minutes 150
     python -m patchscaler.train.grm --out runs/grm --resume          # continue exactly
-    python -m patchscaler.train.grm --out runs/grm --export          # -> patchscaler/weights/grm_x4.*
+    python -m patchscaler.train.grm --out runs/grm --export          # -> patchscaler/weights/bicubic/grm_x4.safetensors
 
 Checkpoints (``last.pt``; ``best.pt`` by validation PSNR) hold model, EMA model,
 optimizer, step and RNG state, are written every ``--ckpt-minutes`` and on
@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -30,7 +29,11 @@ from patchscaler.codec import PixelUnshuffleCodec
 from patchscaler.data.dataset import DegradedBatches, PairPool
 from patchscaler.data.images import list_images, load_image, modcrop
 from patchscaler.data.resize import bicubic_downscale
-from patchscaler.models.grm import GRM, GRMConfig, weights_path
+from patchscaler.checkpoints import clear as clear_loaded_weights
+from patchscaler.checkpoints import weights_file
+from patchscaler.models.grm import GRM, GRMConfig, grm_from_file, save_grm
+from patchscaler.metrics.confidence import confidence_error_spearman
+from patchscaler.metrics.psnr import psnr_y
 from patchscaler.models.losses import DEFAULT_ETA, DEFAULT_LAMBDA, GRMLoss
 from patchscaler.train.common import (
     DATA_ROOT,
@@ -88,15 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_grm_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """fp32 GRM weights and their config from exported safetensors or a trainer checkpoint's EMA."""
     if str(path).endswith(".safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k).float() for k in f.keys()}
-        if "config" in meta:
-            return state, json.loads(meta["config"])
-        sidecar = Path(path).with_suffix(".json")
-        return state, json.loads(sidecar.read_text())["config"]
+        model = grm_from_file(path)
+        return model.state_dict(), asdict(model.config)
     ck = torch.load(path, map_location="cpu", weights_only=False)
     return ck["ema"], ck["config"]
 
@@ -129,26 +125,6 @@ def load_val_sets(
     return out
 
 
-def psnr_y_fallback(sr: torch.Tensor, hr: torch.Tensor, crop: int) -> float:
-    """BT.601 Y PSNR on uint8-quantised images (used only if patchscaler.metrics is absent)."""
-    def y(img):
-        img = (img.clamp(0, 1) * 255).round().double().reshape(3, *img.shape[-2:])
-        return (16.0 + (65.481 * img[0] + 128.553 * img[1] + 24.966 * img[2]) / 255.0)[crop:-crop, crop:-crop]
-
-    mse = ((y(sr) - y(hr)) ** 2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-try:
-    from patchscaler.metrics.psnr import psnr_y
-except ImportError:  # metrics package is written in parallel; keep training usable without it
-    psnr_y = psnr_y_fallback
-try:
-    from patchscaler.metrics.confidence import confidence_error_spearman
-except ImportError:
-    confidence_error_spearman = None
-
-
 @torch.no_grad()
 def validate(model: GRM, val: dict, scale: int) -> dict[str, float]:
     """Mean PSNR-Y (crop = scale) per set, plus the confidence/MSE Spearman over all sets."""
@@ -164,15 +140,14 @@ def validate(model: GRM, val: dict, scale: int) -> dict[str, float]:
             y0s.append(y0)
             x0s.append(codec.encode(hr))
         res[name] = sum(ps) / len(ps)
-    if confidence_error_spearman is not None and confs:
+    if confs:
         res["spearman"], _ = confidence_error_spearman(confs, y0s, x0s, patch=16)
     return res
 
 
 def export(a: argparse.Namespace, log) -> Path:
-    """Write the EMA weights of ``OUT/{best,last}.pt`` as safetensors (fp16 when lossless) + JSON."""
-    from safetensors.torch import save_file
-
+    """Write the EMA weights of ``OUT/{best,last}.pt`` as safetensors (fp16 when lossless), with
+    the config, step, validation numbers and protocol in the file's metadata."""
     out = Path(a.out)
     ck_path = out / f"{a.export_from}.pt"
     if not ck_path.is_file():
@@ -192,12 +167,8 @@ def export(a: argparse.Namespace, log) -> Path:
     worst = max((abs(r32[k] - r16[k]) for k in val), default=0.0)
     use_fp16 = worst < 0.01
     state = {k: (v.half() if use_fp16 else v.float()).contiguous() for k, v in ck["ema"].items()}
-    dst = Path(a.export_to) if a.export_to else weights_path(cfg.scale)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(dst))
-    os.chmod(dst, 0o644)  # safetensors writes 0600; shipped package data must be world-readable
+    dst = Path(a.export_to) if a.export_to else weights_file("grm", "bicubic")
     meta = {
-        "config": ck["config"],
         "step": ck["step"],
         "checkpoint": str(ck_path),
         "dtype": "float16" if use_fp16 else "float32",
@@ -209,12 +180,9 @@ def export(a: argparse.Namespace, log) -> Path:
         + " x%d LR, PSNR on Y (BT.601), %d-px border crop" % (cfg.scale, cfg.scale),
         "train_args": ck.get("args", {}),
     }
-    dst.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_grm(state, ck["config"], dst, meta)
     log(f"exported {ck_path} (step {ck['step']}) -> {dst} as {meta['dtype']}; fp32 {r32}; fp16 {r16}")
-    # load_grm caches models per process; make sure a fresh call sees the new file.
-    from patchscaler.models import grm as grm_module
-
-    grm_module._CACHE.clear()
+    clear_loaded_weights()  # loaded models are cached per process; a fresh call must see the new file
     return dst
 
 

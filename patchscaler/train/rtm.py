@@ -1,6 +1,6 @@
 """Build the Reference Texture Memory from the training photos.
 
-    python -m patchscaler.train.rtm                        # → patchscaler/weights/rtm_x4.safetensors
+    python -m patchscaler.train.rtm                        # → patchscaler/weights/bicubic/rtm_x4.safetensors
     python -m patchscaler.train.rtm --entries 4096 --candidates 65536 --minutes 20
     python -m patchscaler.train.rtm --resume               # continue an interrupted k-means
 
@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.diffusion.training import LatentPatchPairs, add_common_args, open_pool, split_entries
-from patchscaler.models.rtm import DEFAULT_RTM_PATH, ReferenceTextureMemory
+from patchscaler.checkpoints import weights_file
+from patchscaler.models.rtm import ReferenceTextureMemory
 from patchscaler.train.common import RunControl, RunLog, atomic_save
 from patchscaler.train.texture import DEFAULT_EXPORT as DEFAULT_TEXTURE, load_texture_encoder
 
@@ -43,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--candidates", type=int, default=65536, help="random HR patches to choose the entries from")
     p.add_argument("--iters", type=int, default=25, help="k-means iterations (at most)")
     p.add_argument("--chunk", type=int, default=512, help="patches per encoder batch")
-    p.add_argument("--export-to", default=str(DEFAULT_RTM_PATH))
+    p.add_argument("--export-to", default=str(weights_file("rtm")))
     return p.parse_args(argv)
 
 

@@ -1,0 +1,201 @@
+"""Trained weights: where they are, how they are written and read, and the one cache of
+loaded models.
+
+Weights come as named **model sets**, one folder each under the weights root::
+
+    <root>/<set>/grm_x4.safetensors    GRM (config in the safetensors metadata)
+    <root>/<set>/rtm_x4.safetensors    reference texture memory (+ its texture encoder)
+    <root>/<set>/dit_x4.safetensors    Patch-DiT (config, schedule, prediction in the metadata)
+    <root>/<set>/pgs_config.json       PGS thresholds, steps and presets (made from that DiT)
+
+Sets: ``"bicubic"`` (trained on MATLAB-bicubic LR, the benchmark protocol) and
+``"real"`` (real-world degradations). A set may be partial (e.g. only its GRM): what
+needs a missing file raises `WeightsNotAvailableError` naming it; nothing falls back to
+another set's files.
+
+The root is, in order: the ``root`` argument, the ``PATCHSCALER_WEIGHTS`` environment
+variable (a folder holding set folders; how tests and users point at their own files),
+the package's ``patchscaler/weights``.
+
+Every safetensors file carries its model's config as JSON under the metadata key
+``config``, and its kind under ``format`` (`save_safetensors`, `read_safetensors`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ENV_VAR",
+    "FILES",
+    "MODEL_SETS",
+    "PACKAGE_WEIGHTS",
+    "WeightsNotAvailableError",
+    "cached",
+    "check_model",
+    "clear",
+    "list_sets",
+    "model_dir",
+    "read_metadata",
+    "read_safetensors",
+    "require",
+    "save_safetensors",
+    "weights_file",
+    "weights_root",
+]
+
+MODEL_SETS = ("real", "bicubic")
+# The set `upscale()`, the command and eval use when none is named. "bicubic" until the
+# "real" set has every component; then this one constant flips.
+DEFAULT_MODEL = "bicubic"
+ENV_VAR = "PATCHSCALER_WEIGHTS"
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
+# Component → file name inside a set folder, and what makes it (for the error messages).
+FILES = {
+    "grm": "grm_x4.safetensors",
+    "rtm": "rtm_x4.safetensors",
+    "dit": "dit_x4.safetensors",
+    "pgs": "pgs_config.json",
+}
+_WHAT = {"grm": "GRM weights", "rtm": "texture memory", "dit": "Patch-DiT weights", "pgs": "PGS config"}
+_MADE_BY = {
+    "grm": "python -m patchscaler.train.grm --export",
+    "rtm": "python -m patchscaler.train.rtm",
+    "dit": "python -m patchscaler.train.dit --export",
+    "pgs": "python -m patchscaler.train.calibrate_pgs",
+}
+
+
+class WeightsNotAvailableError(FileNotFoundError):
+    """A model set, or a file of one, that this install (or weights root) does not have."""
+
+
+def weights_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding the model-set folders (module docstring for the order)."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else PACKAGE_WEIGHTS
+
+
+def check_model(name: Any) -> str:
+    """``name`` if it is one of `MODEL_SETS`, else ValueError."""
+    if name not in MODEL_SETS:
+        raise ValueError(f"model must be one of {', '.join(map(repr, MODEL_SETS))}, got {name!r}")
+    return name
+
+
+def model_dir(model: str | None = None, root: str | os.PathLike | None = None) -> Path:
+    """The folder of model set ``model`` (default `DEFAULT_MODEL`)."""
+    return weights_root(root) / check_model(model or DEFAULT_MODEL)
+
+
+def weights_file(component: str, model: str | None = None, root: str | os.PathLike | None = None) -> Path:
+    """Where ``component`` ("grm", "rtm", "dit", "pgs") of set ``model`` is; it may not exist."""
+    if component not in FILES:
+        raise ValueError(f"unknown weights component {component!r}; one of {', '.join(FILES)}")
+    return model_dir(model, root) / FILES[component]
+
+
+def require(component: str, model: str | None = None, root: str | os.PathLike | None = None, *, purpose: str = "") -> Path:
+    """`weights_file`, or `WeightsNotAvailableError` naming the missing file and what needs
+    it (``purpose``, e.g. "sampler 'pgs'")."""
+    path = weights_file(component, model, root)
+    if path.is_file():
+        return path
+    name = model or DEFAULT_MODEL
+    where = f"model set {name!r} ({path.parent})"
+    if not path.parent.is_dir():
+        raise WeightsNotAvailableError(
+            f"{where} is not in this install of patchscaler: it has {', '.join(map(repr, list_sets(root))) or 'no sets'}"
+        )
+    raise WeightsNotAvailableError(
+        f"{purpose + ' needs ' if purpose else ''}the {_WHAT[component]} ({FILES[component]}), which {where} "
+        f"does not include; make them with `{_MADE_BY[component]}`"
+    )
+
+
+def list_sets(root: str | os.PathLike | None = None) -> dict[str, dict[str, str]]:
+    """Each model set present under the root: ``{set: {component: "12 kB" | "missing"}}``."""
+    out = {}
+    for name in MODEL_SETS:
+        folder = weights_root(root) / name
+        if folder.is_dir():
+            out[name] = {
+                c: (f"{(folder / f).stat().st_size / 1e3:,.0f} kB" if (folder / f).is_file() else "missing")
+                for c, f in FILES.items()
+            }
+    return out
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def save_safetensors(
+    path: str | os.PathLike,
+    tensors: dict[str, Tensor],
+    *,
+    format: str,
+    config: dict | None = None,
+    metadata: dict | None = None,
+) -> Path:
+    """Write ``tensors`` with ``{"format": format, "config": JSON(config), **metadata}``
+    (non-string metadata values as JSON); world-readable, as package data must be."""
+    from safetensors.torch import save_file
+
+    meta = {"format": format}
+    if config is not None:
+        meta["config"] = json.dumps(config)
+    for k, v in (metadata or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
+    os.chmod(path, 0o644)  # safetensors writes 0600
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The raw string metadata of a safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict, dict[str, str]]:
+    """``(tensors, config, metadata)``: the stored tensors, the decoded ``config``
+    ({} when absent) and the raw metadata."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    return load_file(str(path)), json.loads(meta["config"]) if "config" in meta else {}, meta
+
+
+# ---------------------------------------------------------------------------- cache
+
+_CACHE: dict[tuple, Any] = {}
+_LOCK = threading.RLock()
+
+
+def cached(key: tuple, build: Callable[[], Any]) -> Any:
+    """The object cached under ``key``, built by ``build()`` on first use (thread-safe).
+    Keys should name the file (its resolved path), so another root gives another entry."""
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = build()
+        return _CACHE[key]
+
+
+def clear() -> None:
+    """Forget every loaded model (e.g. after a file was rewritten, or a test's weights)."""
+    with _LOCK:
+        _CACHE.clear()

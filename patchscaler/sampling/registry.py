@@ -1,0 +1,125 @@
+"""The samplers and presets, in one table: the command's choices, eval's methods,
+`upscale()`'s checks and ``python -m patchscaler.info`` read it. Adding a sampler is one
+`SamplerSpec` entry (and eval methods for it, one `EVAL_METHODS` entry each).
+
+    build_sampler("pgs", model="bicubic", quality="fast")   # → a PGSSampler on the set's DiT
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from patchscaler.checkpoints import (
+    DEFAULT_MODEL,
+    MODEL_SETS,
+    WeightsNotAvailableError,
+    cached,
+    check_model,
+    require,
+    weights_root,
+)
+from patchscaler.sampling.pgs import QUALITY_PRESETS, PGSConfig, PGSSampler, UniformSampler, check_quality
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_QUALITY",
+    "DEFAULT_SAMPLER",
+    "EVAL_METHODS",
+    "MODEL_SETS",
+    "QUALITY_PRESETS",
+    "SAMPLERS",
+    "SamplerSpec",
+    "build_sampler",
+    "check_model",
+    "check_quality",
+    "check_sampler",
+    "sampler_available",
+]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler: its class (None: the GRM alone), the weights components of a model set
+    it needs beyond the GRM, whether the quality presets change it, and a line for --help."""
+
+    name: str
+    cls: type | None
+    needs: tuple[str, ...]
+    presets: bool
+    help: str
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    spec.name: spec
+    for spec in (
+        SamplerSpec("pgs", PGSSampler, ("dit", "pgs"), True,
+                    "patch-adaptive group sampling with the Patch-DiT (the method)"),
+        SamplerSpec("uniform", UniformSampler, ("dit", "pgs"), False,
+                    "every patch the hard group's steps (the slow baseline)"),
+        SamplerSpec("none", None, (), False, "the GRM alone, one network pass"),
+    )
+}
+DEFAULT_SAMPLER = "pgs"
+DEFAULT_QUALITY = "balanced"
+# eval's diffusion methods: name → (sampler, quality preset).
+EVAL_METHODS: dict[str, tuple[str, str]] = {
+    "pgs": ("pgs", "balanced"),
+    "pgs-fast": ("pgs", "fast"),
+    "pgs-detail": ("pgs", "detail"),
+    "uniform": ("uniform", "balanced"),
+}
+
+
+def check_sampler(name: object) -> str:
+    """``name`` (any case) as a key of `SAMPLERS`, else ValueError."""
+    if not isinstance(name, str) or name.lower() not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(map(repr, SAMPLERS))}")
+    return name.lower()
+
+
+def sampler_available(name: str, model: str | None = None) -> bool:
+    """Whether sampler ``name`` can run with model set ``model`` (its GRM and what it needs)."""
+    try:
+        for component in ("grm",) + SAMPLERS[check_sampler(name)].needs:
+            require(component, model)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
+def build_sampler(
+    name: str,
+    model: str | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quality: str = DEFAULT_QUALITY,
+) -> Callable | None:
+    """Sampler ``name`` on model set ``model``'s DiT + texture memory; None for "none".
+
+    ``quality``: the set's PGS preset (thresholds only). Raises `WeightsNotAvailableError`
+    naming the missing file when the set lacks what the sampler needs: asking for
+    diffusion never quietly returns the GRM's output, nor another set's.
+    """
+    spec = SAMPLERS[check_sampler(name)]
+    model = check_model(model or DEFAULT_MODEL)
+    check_quality(quality)
+    if spec.cls is None:
+        return None
+    try:
+        paths = {c: require(c, model, purpose=f"sampler {spec.name!r}") for c in spec.needs}
+    except WeightsNotAvailableError as e:
+        raise WeightsNotAvailableError(f"{e}; or use sampler='none' (the GRM alone)") from None
+    config = PGSConfig.load(paths["pgs"]).preset(quality if spec.presets else DEFAULT_QUALITY)
+    return spec.cls(_denoiser(model, torch.device(device), dtype), config)
+
+
+def _denoiser(model: str, device: torch.device, dtype: torch.dtype):
+    """The set's DiT + texture memory, loaded once per (weights root, set, device, dtype) and
+    shared by every sampler built on them (the presets differ only in their thresholds)."""
+    from patchscaler.sampling.denoiser import DiTDenoiser
+
+    key = ("denoiser", str(weights_root().resolve()), model, str(device), dtype)
+    return cached(key, lambda: DiTDenoiser.from_pretrained(device=device, dtype=dtype, model=model))
