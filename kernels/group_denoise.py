@@ -1,5 +1,5 @@
 """Triton kernels of `group_denoise_step` and `shortcut_noise` (the CUDA backend of
-patchscaler.ops.denoise, which holds the math, the reference and the checks).
+patchscaler.ops.group_denoise, which holds the math, the reference and the checks).
 
 One program handles one block of BLOCK elements of one active patch p: it loads that
 patch's row number idx[p] and timesteps t[p], t_next[p], looks ᾱ up in the table,

@@ -1,4 +1,4 @@
-"""Triton kernel of `topk_retrieve` (the CUDA backend of patchscaler.ops.retrieve):
+"""Triton kernel of `topk_retrieve` (the CUDA backend of patchscaler.ops.topk_retrieve):
 fused inner-product scoring and running top-k, after faiss' GPU brute-force search
 (faiss/gpu/impl/Distance.cu): the M x N score matrix never reaches memory.
 

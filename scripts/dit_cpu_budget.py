@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
+import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.models.dit import PatchDiT, PatchDiTConfig
 from patchscaler.models.rtm import ReferenceTextureMemory
 from patchscaler.models.texture import TextureEncoder

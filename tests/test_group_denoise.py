@@ -1,5 +1,5 @@
 """group_denoise_step and shortcut_noise: every backend against the references in
-patchscaler.ops.denoise, on odd shapes, all state dtypes and non-contiguous layouts;
+patchscaler.ops.group_denoise, on odd shapes, all state dtypes and non-contiguous layouts;
 opcheck, torch.compile and the argument errors.
 
 The Triton kernels run on CPU tensors under TRITON_INTERPRET=1. That variable must be
@@ -22,7 +22,7 @@ from helpers import (
     run_interpreted_tests,
     runs_interpreter_child,
 )
-from patchscaler.ops.denoise import (
+from patchscaler.ops.group_denoise import (
     group_denoise_step,
     group_denoise_step_triton,
     reference_group_denoise_step,
@@ -341,3 +341,46 @@ def test_interp_shortcut_noise(dtype):
     t = torch.tensor([0, 999, 5, 300, 600])
     ac = cosine_alphas_cumprod()
     assert_close(shortcut_noise_triton(y0, noise, t, ac), reference_shortcut_noise(y0, noise, t, ac), dtype)
+
+
+@needs_interpreter
+def test_interp_sampler_path_reads_nothing_back(monkeypatch):
+    """The sampler's steps go through `group_denoise_step_trusted`: on the Triton path (here
+    the interpreter standing in for CUDA) no per-step value check, so no device→host read;
+    the public Triton op keeps its checks. Same result as the CPU kernel."""
+    from patchscaler.ops import group_denoise as gd
+    from patchscaler.sampling.pgs import PGSConfig, PGSSampler
+
+    class Denoiser:  # any smooth model: the test is about the step, not the model
+        prediction, schedule = "eps", "cosine"
+        alphas_cumprod = cosine_alphas_cumprod().double()
+
+        def condition(self, y0):
+            return {"y0": y0}
+
+        def __call__(self, y_t, t, cond):
+            return 0.5 * torch.tanh(y_t) - 0.1 * cond["y0"]
+
+    g = torch.Generator().manual_seed(0)
+    y0, qmap = torch.randn(11, 3, 4, 4, generator=g) * 0.3, torch.rand(11, generator=g)
+    sampler = PGSSampler(Denoiser(), PGSConfig(gammas=(0.7, 0.3), groups=((150, 1), (350, 2), (600, 4))))
+    cpu_kernel = sampler(y0, qmap, seeds=torch.arange(11), max_batch_patches=4)
+
+    checks = []
+    real_check = gd._check_denoise_values
+    monkeypatch.setattr(gd, "_check_denoise_values", lambda *a: checks.append(1) or real_check(*a))
+    launches = []
+
+    def triton_kernel(*args, **kwargs):
+        launches.append(kwargs["check_values"])
+        return gd.group_denoise_step_triton(*args, **kwargs)
+
+    monkeypatch.setitem(gd._TRUSTED_KERNELS, "cpu", triton_kernel)
+    triton = sampler(y0, qmap, seeds=torch.arange(11), max_batch_patches=4)
+    assert triton.dit_calls > 4 and launches == [False] * triton.dit_calls  # every step on the Triton path
+    assert checks == []  # and none read its values back
+    torch.testing.assert_close(triton.x0, cpu_kernel.x0, atol=1e-5, rtol=1e-5)
+    x, out = torch.randn(4, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    gd.group_denoise_step_triton(x, out, torch.tensor([0, 2]), torch.tensor([5, 9]), torch.tensor([1, -1]),
+                                 cosine_alphas_cumprod())
+    assert checks == [1]  # the public op still checks

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patchscaler.models.rtm import ReferenceTextureMemory, image_id
+from patchscaler.data.dataset import image_id
+from patchscaler.models.rtm import ReferenceTextureMemory
 from patchscaler.models.texture import TextureEncoder, TextureEncoderConfig
 
 

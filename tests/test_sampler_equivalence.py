@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import DEVICES, cosine_alphas_cumprod
-from patchscaler.ops.denoise import (
+from patchscaler.ops.group_denoise import (
     group_denoise_step,
     reference_group_denoise_step,
     reference_shortcut_noise,

@@ -21,7 +21,7 @@ from helpers import (
     run_interpreted_tests,
     runs_interpreter_child,
 )
-from patchscaler.ops.retrieve import reference_topk_retrieve, topk_retrieve, topk_retrieve_triton
+from patchscaler.ops.topk_retrieve import reference_topk_retrieve, topk_retrieve, topk_retrieve_triton
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

@@ -88,7 +88,7 @@ def test_texture_report_dense_pairs(photos, tmp_path, capsys):
     """The texture trainer's --report: the dense same-photo grid pairs are the right crops."""
     from patchscaler.codec import PixelUnshuffleCodec
     from patchscaler.data.dataset import PairPool
-    from patchscaler.diffusion.training import load_frozen_grm
+    from patchscaler.train.patch_pairs import load_frozen_grm
     from patchscaler.train import texture
 
     pool = PairPool(photos, scale=4, min_hr_side=64)
@@ -115,7 +115,7 @@ def test_texture_report_dense_pairs(photos, tmp_path, capsys):
 def test_latent_pairs_real_degradation(photos):
     """degradation="real": same crops and x0 as bicubic, y0 from a degraded LR, seeded."""
     from patchscaler.data.dataset import PairPool
-    from patchscaler.diffusion.training import LatentPatchPairs, load_frozen_grm
+    from patchscaler.train.patch_pairs import LatentPatchPairs, load_frozen_grm
     from patchscaler.train import texture
 
     pool = PairPool(photos, scale=4, min_hr_side=64)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from torch import Tensor
 from patchscaler.data.images import list_images, load_image, modcrop
 from patchscaler.data.resize import bicubic_downscale, imresize, quantize
 
-__all__ = ["PairPool", "RandomCropPairs", "DegradedBatches", "predownscale_factor", "augment"]
+__all__ = ["PairPool", "RandomCropPairs", "DegradedBatches", "predownscale_factor", "augment", "image_id"]
 
 
 def predownscale_factor(h: int, w: int, max_side: int = 1600, max_factor: int = 4) -> int:
@@ -227,3 +228,9 @@ class DegradedBatches(torch.utils.data.IterableDataset):
         while True:
             yield self.batch_at(k)
             k += 1
+
+
+def image_id(relative_path: str | os.PathLike) -> int:
+    """Stable int id of a training image from its path relative to the data root (CRC32, POSIX
+    separators): what the texture memory stores per entry, so the DiT is never shown its own photo."""
+    return zlib.crc32(Path(relative_path).as_posix().encode("utf-8"))

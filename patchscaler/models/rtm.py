@@ -7,7 +7,7 @@ N entries, each an HR texture patch from the training photos, stored as
 * ``values [N, n_tok, value_dim]``: the same encoder's value tokens of that patch,
   precomputed so inference does no value encoding;
 * ``image_ids [N]`` int64: a stable id of the photo the entry was cut from
-  (`image_id`, a CRC32 of the file's path relative to the training folder), used to
+  (`patchscaler.data.dataset.image_id`, a CRC32 of the file's path relative to the training folder), used to
   keep the DiT from retrieving its own training image (otherwise it learns to copy);
 * ``encoder``: the `TextureEncoder` that made the keys. It is saved in the same file
   because a query made by any other encoder would be meaningless against these keys.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from pathlib import Path
 
 import torch
@@ -30,12 +29,7 @@ import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.checkpoints import read_safetensors, require, save_safetensors
 from patchscaler.models.texture import TextureEncoder, TextureEncoderConfig
 
-__all__ = ["ReferenceTextureMemory", "image_id", "load_rtm"]
-
-
-def image_id(relative_path: str | os.PathLike) -> int:
-    """Stable int id of a training image from its path relative to the data root (CRC32, POSIX separators)."""
-    return zlib.crc32(Path(relative_path).as_posix().encode("utf-8"))
+__all__ = ["ReferenceTextureMemory", "load_rtm"]
 
 
 class ReferenceTextureMemory(nn.Module):

@@ -20,13 +20,22 @@ retrained. Only the similarity-aware encoder is trained with the DiT.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TextureEncoderConfig", "TextureEncoder", "SimilarityAwareTextureEncoder"]
+from patchscaler.checkpoints import read_safetensors, save_safetensors
+
+__all__ = [
+    "TextureEncoderConfig",
+    "TextureEncoder",
+    "SimilarityAwareTextureEncoder",
+    "load_texture_encoder",
+    "save_texture_encoder",
+]
 
 
 @dataclass
@@ -214,3 +223,18 @@ class SimilarityAwareTextureEncoder(nn.Module):
         x = x + self.attn_out(a)
         x = x + self.mlp(self.mlp_norm(x))
         return self.out_norm(x)
+
+
+def save_texture_encoder(
+    state: dict[str, Tensor], config: dict, path: str | os.PathLike, metadata: dict | None = None
+) -> None:
+    """Write texture-encoder weights ``state`` with the config and ``metadata`` in the file."""
+    save_safetensors(path, state, format="patchscaler.TextureEncoder", config=config, metadata=metadata)
+
+
+def load_texture_encoder(path: str | os.PathLike) -> TextureEncoder:
+    """Read an encoder written by `save_texture_encoder` (fp32, eval mode, frozen)."""
+    state, config, _ = read_safetensors(path)
+    enc = TextureEncoder(TextureEncoderConfig.from_dict(config))
+    enc.load_state_dict({k: v.float() for k, v in state.items()})
+    return enc.eval().requires_grad_(False)

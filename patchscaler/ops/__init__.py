@@ -17,7 +17,7 @@ branches on the device itself.
 """
 
 from patchscaler.ops import _native  # noqa: F401  (registers the C++ ops first)
-from patchscaler.ops import denoise, patches, retrieve  # noqa: F401
+from patchscaler.ops import group_denoise, patches, topk_retrieve  # noqa: F401
 
 OPS = (
     "gather_patches",

@@ -31,6 +31,7 @@ from torch import Tensor
 
 import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.checkpoints import weights_file
+from patchscaler.ops.group_denoise import group_denoise_step_trusted
 from patchscaler.diffusion.schedule import NUM_TRAIN_TIMESTEPS, ddim_timesteps
 from patchscaler.sampling.denoiser import PatchDenoiser
 
@@ -309,14 +310,19 @@ class PGSSampler:
         clip = self.config.clip_x0
 
         evaluations = dit_calls = 0
-        iterations = int(steps.max())
+        # The schedule of the whole call is known now: one read-back of the step counts,
+        # then the active sets are cut on the host and the steps run without any
+        # device→host transfer (indices and timesteps come from these tables).
+        steps_host = steps.cpu()
+        iterations = int(steps_host.max())
         for j in range(iterations):
-            active = torch.nonzero(steps > j).squeeze(1)
-            for idx in active.split(max_batch_patches):
+            active = torch.nonzero(steps_host > j).squeeze(1)
+            for idx_host in active.split(max_batch_patches):
+                idx = idx_host.to(device, non_blocking=True)
                 g = group[idx]
                 t, t_next = table[g, j], table[g, j + 1]
                 out = self.denoiser(x_all[idx], t, {k: v[idx] for k, v in cond.items()})
-                torch.ops.patchscaler.group_denoise_step(x_all, out, idx, t, t_next, ac, prediction, clip)
+                group_denoise_step_trusted(x_all, out, idx, t, t_next, ac, prediction, clip)
                 evaluations += idx.numel()
                 dit_calls += 1
                 if progress is not None:

@@ -4,7 +4,7 @@
     python -m patchscaler.train.calibrate_pgs --crops 160 --fractions 0.5,0.38,0.12 --threads 2
 
 On latent patches of held-out photos (never seen by the GRM, texture, RTM or DiT
-trainers, see `patchscaler.diffusion.training`), with the frozen GRM, DiT and RTM:
+trainers, see `patchscaler.train.patch_pairs`), with the frozen GRM, DiT and RTM:
 
 1. Thresholds from confidence quantiles (crops drawn with every held-out photo
    equally likely, as benchmark means weigh every image equally): with group shares ``--fractions``
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import torch
 
-import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
+import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.codec import PixelUnshuffleCodec
-from patchscaler.diffusion.training import (
+from patchscaler.train.patch_pairs import (
     LatentPatchPairs,
     add_common_args,
     load_frozen_grm,

@@ -8,7 +8,7 @@
 
 Data: ``(y0, x0)`` latent patch pairs, ``y0`` from the frozen GRM (``--grm-checkpoint``
 or the packaged weights), ``x0`` the codec latent of the HR crop (see
-`patchscaler.diffusion.training`). Objective: the usual denoising loss at
+`patchscaler.train.patch_pairs`). Objective: the usual denoising loss at
 ``t ~ U{0..T3}`` only (inference never starts above T3, SPEC §2), on
 ``y_t = sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε``, with target ε or ``v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0``
 (``--prediction``), learned through the preconditioning around ``y0`` of
@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
+import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.diffusion.schedule import make_alphas_cumprod
-from patchscaler.diffusion.training import LatentPatchPairs, add_common_args, load_frozen_grm, open_pool, split_entries
+from patchscaler.train.patch_pairs import LatentPatchPairs, add_common_args, load_frozen_grm, open_pool, split_entries
 from patchscaler.checkpoints import weights_file
 from patchscaler.models.dit import PatchDiT, PatchDiTConfig, save_dit
 from patchscaler.models.rtm import load_rtm

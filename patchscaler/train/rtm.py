@@ -6,7 +6,7 @@
 
 1. Candidates: ``--candidates`` random HR latent patches (16×16 latent = 64×64 HR
    pixels, random flips/rotations) from the training photos (held-out photos
-   excluded, see `patchscaler.diffusion.training`). The frozen texture encoder
+   excluded, see `patchscaler.train.patch_pairs`). The frozen texture encoder
    (``--texture``, from `patchscaler.train.texture`) gives each its key and value tokens.
 2. Diversity: spherical k-means of the keys into ``--entries`` clusters (cosine
    similarity; assignment by `topk_retrieve` with k=1; an emptied cluster is re-seeded
@@ -28,12 +28,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
-from patchscaler.diffusion.training import LatentPatchPairs, add_common_args, open_pool, split_entries
+import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
+from patchscaler.train.patch_pairs import LatentPatchPairs, add_common_args, open_pool, split_entries
 from patchscaler.checkpoints import weights_file
 from patchscaler.models.rtm import ReferenceTextureMemory
 from patchscaler.train.common import RunControl, RunLog, atomic_save
-from patchscaler.train.texture import DEFAULT_EXPORT as DEFAULT_TEXTURE, load_texture_encoder
+from patchscaler.models.texture import load_texture_encoder
+from patchscaler.train.texture import DEFAULT_EXPORT as DEFAULT_TEXTURE
 
 
 def parse_args(argv=None) -> argparse.Namespace:

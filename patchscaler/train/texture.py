@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
-from patchscaler.diffusion.training import LatentPatchPairs, add_common_args, load_frozen_grm, open_pool, split_entries
-from patchscaler.models.texture import TextureEncoder, TextureEncoderConfig
+import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
+from patchscaler.train.patch_pairs import LatentPatchPairs, add_common_args, load_frozen_grm, open_pool, split_entries
+from patchscaler.models.texture import TextureEncoder, TextureEncoderConfig, load_texture_encoder, save_texture_encoder
 from patchscaler.train.common import (
     RunControl,
     RunLog,
@@ -84,7 +84,7 @@ def dense_held_out_pairs(
     With ``degradation="real"`` the photo's LR is its seeded real degradation (as in eval)."""
     from patchscaler.data.degradations import degrade_image
     from patchscaler.codec import PixelUnshuffleCodec
-    from patchscaler.models.rtm import image_id
+    from patchscaler.data.dataset import image_id
 
     codec = PixelUnshuffleCodec(4)
     y0s, x0s, ids = [], [], []
@@ -145,35 +145,10 @@ def retrieval_accuracy(encoder: TextureEncoder, y0: torch.Tensor, x0: torch.Tens
 
 
 def export(a, log) -> None:
-    from safetensors.torch import save_file
-
     ck = torch.load(Path(a.out) / "last.pt", map_location="cpu", weights_only=False)
-    import json
-
-    sd = {k: v.half().contiguous() for k, v in ck["ema"].items()}
-    meta = {
-        "config": json.dumps(ck["config"]),
-        "step": str(ck["step"]),
-        "val": json.dumps(ck.get("val", {})),
-        "format": "patchscaler.TextureEncoder",
-    }
-    Path(a.export_to).parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, a.export_to, metadata=meta)
+    sd = {k: v.half() for k, v in ck["ema"].items()}
+    save_texture_encoder(sd, ck["config"], a.export_to, {"step": str(ck["step"]), "val": ck.get("val", {})})
     log(f"exported EMA encoder of step {ck['step']} -> {a.export_to} (val {ck.get('val')})")
-
-
-def load_texture_encoder(path: str | Path = DEFAULT_EXPORT) -> TextureEncoder:
-    """Read an encoder written by ``--export`` (fp32, eval mode, frozen)."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    enc = TextureEncoder(TextureEncoderConfig.from_dict(json.loads(meta["config"])))
-    enc.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-    return enc.eval().requires_grad_(False)
 
 
 def train(a) -> None:

@@ -29,6 +29,7 @@ from patchscaler.kernels import TRITON_AVAILABLE
 
 __all__ = [
     "group_denoise_step",
+    "group_denoise_step_trusted",
     "shortcut_noise",
     "reference_group_denoise_step",
     "reference_shortcut_noise",
@@ -67,6 +68,25 @@ def group_denoise_step(
         x_all, model_out, idx, t, t_next, alphas_cumprod, prediction, clip_x0, return_x0
     )
     return x0 if return_x0 else None
+
+
+def group_denoise_step_trusted(x_all: Tensor, model_out: Tensor, idx: Tensor, t: Tensor, t_next: Tensor,
+                               alphas_cumprod: Tensor, prediction: str = "eps", clip_x0: float | None = None) -> None:
+    """`group_denoise_step` (in place, no x̂0) for callers whose ``idx``/``t``/``t_next``
+    come from tables they built and checked once (the samplers): the range and uniqueness
+    checks of the values, which read them back from the device, are skipped. Shapes,
+    dtypes and devices are still checked (host metadata only).
+
+    On CUDA the Triton kernel is launched directly; elsewhere this is the op itself (the
+    CPU kernel's value checks read host memory, no transfer).
+    """
+    impl = _TRUSTED_KERNELS.get(x_all.device.type)
+    if impl is None:
+        torch.ops.patchscaler.group_denoise_step.default(
+            x_all, model_out, idx, t, t_next, alphas_cumprod, prediction, clip_x0, False
+        )
+    else:
+        impl(x_all, model_out, idx, t, t_next, alphas_cumprod, prediction, clip_x0, check_values=False)
 
 
 def shortcut_noise(y0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
@@ -271,12 +291,16 @@ def _shortcut_noise_fake(y0, noise, t, alphas_cumprod):
 
 
 def group_denoise_step_triton(x_all, model_out, idx, t, t_next, alphas_cumprod, prediction="eps",
-                              clip_x0=None, return_x0=False) -> Tensor:
-    """group_denoise_step through the Triton kernel (the op's CUDA implementation)."""
+                              clip_x0=None, return_x0=False, *, check_values=True) -> Tensor:
+    """group_denoise_step through the Triton kernel (the op's CUDA implementation).
+
+    ``check_values=False`` (`group_denoise_step_trusted` only) skips the checks that read
+    idx/t/t_next back from the device."""
     from patchscaler.kernels.group_denoise import launch_group_denoise_step
 
     _check_denoise_args(x_all, model_out, idx, t, t_next, alphas_cumprod, prediction, clip_x0)
-    _check_denoise_values(x_all, idx, t, t_next, alphas_cumprod.shape[0])
+    if check_values:
+        _check_denoise_values(x_all, idx, t, t_next, alphas_cumprod.shape[0])
     x0 = x_all.new_empty(model_out.shape) if return_x0 else x_all.new_empty(0)
     launch_group_denoise_step(x_all, model_out, idx, t, t_next, alphas_cumprod,
                               prediction == "v", clip_x0, x0 if return_x0 else None)
@@ -294,6 +318,10 @@ def shortcut_noise_triton(y0, noise, t, alphas_cumprod) -> Tensor:
     return out
 
 
+# Device type → the kernel `group_denoise_step_trusted` calls without value checks.
+_TRUSTED_KERNELS: dict = {}
+
 if TRITON_AVAILABLE:
+    _TRUSTED_KERNELS["cuda"] = group_denoise_step_triton
     torch.library.register_kernel("patchscaler::group_denoise_step", "cuda", group_denoise_step_triton)
     torch.library.register_kernel("patchscaler::shortcut_noise", "cuda", shortcut_noise_triton)

@@ -1,7 +1,7 @@
 """group_denoise_step and shortcut_noise: the fused op vs the eager PyTorch sequence
 it replaces, beside a plain copy_ that measures the memory bandwidth of the machine.
 
-    pytest benchmarks/test_bench_denoise.py --benchmark   # issue sizes, timed
+    pytest benchmarks/test_bench_group_denoise.py --benchmark   # issue sizes, timed
 
 Figure of merit: GB/s of *useful* traffic. One DDIM step over P_act patches of E
 elements must read x_all[idx] and model_out and write x_all[idx]: 3·P_act·E·itemsize
@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from patchscaler.ops.denoise import group_denoise_step, shortcut_noise
+from patchscaler.ops.group_denoise import group_denoise_step, shortcut_noise
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

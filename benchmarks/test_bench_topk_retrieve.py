@@ -3,7 +3,7 @@ inner-product index (faiss-cpu, optional: `pip install faiss-cpu`; its row skips
 with a message when it is absent), at M=4096 queries, D=64, k=4 and two memory
 sizes N=65,536 and N=1,048,576 (one group each).
 
-    pytest benchmarks/test_bench_topk.py --benchmark   # issue sizes, timed
+    pytest benchmarks/test_bench_topk_retrieve.py --benchmark   # issue sizes, timed
 
 extra_info: "peak_extra_MiB", the memory a call allocates beyond its inputs and
 outputs at its peak (CPU: growth of the process' peak resident set, reset before
@@ -22,7 +22,7 @@ import re
 import pytest
 import torch
 
-from patchscaler.ops.retrieve import topk_retrieve
+from patchscaler.ops.topk_retrieve import topk_retrieve
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 M, D, K = 4096, 64, 4

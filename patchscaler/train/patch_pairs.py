@@ -25,7 +25,7 @@ from torch import Tensor
 
 from patchscaler.codec import PixelUnshuffleCodec
 from patchscaler.data.dataset import PairPool, augment
-from patchscaler.models.rtm import image_id
+from patchscaler.data.dataset import image_id
 from patchscaler.train.common import DEFAULT_DATA, add_run_args
 
 __all__ = [
