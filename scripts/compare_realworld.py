@@ -176,7 +176,7 @@ def markdown(report: dict) -> str:
         f"# Real-world ×4: Real-ESRGAN x4plus vs PatchScaler ({h['subset']})",
         "",
         f"- command: `{h['command']}`",
-        f"- date: {h['date']}; machine: {h['cpu']} ({h['cores']} cores), {h['threads']} threads for every method "
+        f"- date: {h['date']}; machine: {h['cpu']} ({h['cores']} cores), {h['threads']} thread{'s' if h['threads'] > 1 else ''} for every method "
         f"(torch and ncnn); load average at start {h['loadavg']} (a training job shared the cores)",
         f"- PatchScaler: {h['patchscaler_model']}, seed 0, quality \"balanced\"; Real-ESRGAN: {h['realesrgan']}",
         "- seconds: wall time of the method call per image (after one untimed warm-up per method); "
