@@ -190,7 +190,9 @@ def calibrate(a) -> None:
     rtm = None if a.rtm == "none" else load_rtm(a.rtm, device=device)
     denoiser = DiTDenoiser(dit, rtm)
     codec = PixelUnshuffleCodec(4)
-    base = PGSConfig(gammas=(g1, g2))
+    # The config is made from this DiT: it names the DiT's schedule, which the sampler checks.
+    schedule = dict(schedule=dit.config.schedule, num_train_timesteps=dit.config.num_train_timesteps)
+    base = PGSConfig(gammas=(g1, g2), **schedule)
     group = assign_groups(qmap, base.gammas)
 
     sweep_path = out / "sweep.json"
@@ -212,7 +214,7 @@ def calibrate(a) -> None:
                 if ctl.out_of_time():
                     log("time budget spent during the sweep; rerun with --resume")
                     return
-                cfg = PGSConfig(gammas=(g1, g2), groups=(base.groups[0], base.groups[1], (T, N)))
+                cfg = PGSConfig(gammas=(g1, g2), groups=(base.groups[0], base.groups[1], (T, N)), **schedule)
                 t0 = time.time()
                 res = UniformSampler(denoiser, cfg)(y0[members], qmap[members], seeds[members], max_batch_patches=a.batch)
                 sweep[key] = {**quality(res.x0, x0[members], codec), "seconds": time.time() - t0,
@@ -241,7 +243,7 @@ def calibrate(a) -> None:
         share = sum(int((pgroup == g).sum()) * chosen[g][1] for g in range(3)) / (P * chosen[2][1])
         presets[name] = {"gammas": list(pg), "fractions": pf, "evaluations_vs_uniform": round(share, 4)}
         log(f"preset {name}: γ=({pg[0]:.5f}, {pg[1]:.5f}), {share:.3f} of uniform's evaluations on the held-out patches")
-    cfg = PGSConfig(gammas=(g1, g2), groups=tuple(chosen), prediction=None, presets=presets or None)
+    cfg = PGSConfig(gammas=(g1, g2), groups=tuple(chosen), prediction=None, presets=presets or None, **schedule)
 
     results = {}
     for label, sampler in (("pgs", PGSSampler(denoiser, cfg)), ("uniform", UniformSampler(denoiser, cfg))):
