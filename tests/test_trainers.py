@@ -131,3 +131,25 @@ def test_latent_pairs_real_degradation(photos):
     d_clean = texture.dense_held_out_pairs(pool, [0], grm)
     d_real = texture.dense_held_out_pairs(pool, [0], grm, degradation="real")
     assert torch.equal(d_clean["x0"], d_real["x0"]) and not torch.equal(d_clean["y0"], d_real["y0"])
+
+
+def test_grm_export_writes_a_model_set_file_with_its_metadata(photos, tmp_path, weights_dir):
+    """`python -m patchscaler.train.grm --export --export-to <root>/real/grm_x4.safetensors`:
+    config, step and protocol in the file (no sidecar JSON); the set then runs."""
+    import patchscaler
+    from patchscaler.checkpoints import read_metadata, weights_file
+    from patchscaler.models.grm import load_grm
+    from patchscaler.train.grm import parse_args, train
+
+    out = tmp_path / "grm"
+    common = ["--data", str(photos), "--out", str(out), "--val-sets", "", "--channels", "8", "--blocks", "1",
+              "--expand", "2", "--batch", "2", "--lr-patch", "8", "--warmup", "2", "--total-steps", "2",
+              "--threads", "1", "--cache", str(out / "pool.pt")]
+    train(parse_args(common + ["--stop-at", "2"]))
+    dst = weights_file("grm", "real")
+    train(parse_args(common + ["--export", "--export-to", str(dst)]))
+    meta = read_metadata(dst)
+    assert meta["format"] == "patchscaler.GRM" and '"channels": 8' in meta["config"] and meta["step"] == "2"
+    assert "PSNR on Y" in meta["protocol"] and not dst.with_suffix(".json").exists()
+    assert load_grm(model="real").config.channels == 8
+    assert patchscaler.upscale(torch.rand(3, 5, 6), model="real", sampler="none").shape == (3, 20, 24)
