@@ -398,7 +398,7 @@ def upscale(
             ``torch.bfloat16`` (also "fp16"/"bf16"); the output keeps the input's dtype.
         max_batch_patches: at most this many 16×16 latent patches (64×64 output pixels)
             go through the denoiser at once; bounds memory (default: the sampler's own).
-        return_groups: also return a :class:`~patchscaler.pipeline.GroupMap` per image
+        return_groups: also return a :class:`~patchscaler.group_map.GroupMap` per image
             (group and step count of every patch, confidence map): ``(out, groups)``;
             ``groups`` is a list for batches and lists, a single GroupMap otherwise.
         progress: show tqdm progress bars (GRM tiles, denoising).

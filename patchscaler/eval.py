@@ -160,6 +160,7 @@ def _diffusion_method(sampler: str, quality: str) -> MethodFactory:
 
 for _name, (_sampler, _quality) in EVAL_METHODS.items():  # pgs, pgs-fast, pgs-detail, uniform
     register_method(_name)(_diffusion_method(_sampler, _quality))
+del _name, _sampler, _quality
 
 
 @dataclass
