@@ -165,3 +165,61 @@ def test_training_on_real_degradations_from_init(tmp_path):
     assert any(not torch.equal(a["model"][k], start[k]) for k in a["model"])
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def _ddp_rank(rank, world, port, data, out, queue):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    from pathlib import Path
+
+    from patchscaler.train.grm import train
+
+    model = train(_train_args(Path(data), Path(out), "--stop-at", "3", "--batch", "4", "--no-bf16"))
+    # Through a file: tensors sent over a queue die with the process that shared them.
+    torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
+    queue.put(rank)
+
+
+def test_ddp_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
+    """torchrun-style 2 ranks: parameters equal on both ranks and equal to 1 process on the same global batch."""
+    import socket
+
+    import numpy as np
+    import torch.multiprocessing as mp
+    from PIL import Image
+
+    from patchscaler.train.grm import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        Image.fromarray((rng.random((48, 40, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    single.mkdir()
+    multi.mkdir()
+    ref = train(_train_args(data, single, "--stop-at", "3", "--batch", "4", "--no-bf16")).state_dict()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_rank, args=(r, 2, port, str(data), str(multi), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    ranks = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert ranks == [0, 1]
+    states = [torch.load(multi / f"rank{r}.pt", weights_only=True) for r in ranks]
+    for k in ref:
+        assert torch.equal(states[0][k], states[1][k]), k
+        torch.testing.assert_close(states[0][k], ref[k], atol=1e-5, rtol=1e-4)
+    moved = sum(float((states[0][k] - v).abs().sum()) for k, v in
+                torch.load(multi / "last.pt", weights_only=False)["model"].items())
+    assert moved == 0  # rank 0's checkpoint holds the trained weights
+    ck = torch.load(multi / "last.pt", weights_only=False)
+    assert ck["step"] == 3

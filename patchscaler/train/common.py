@@ -126,3 +126,47 @@ class RunControl:
             self.last_ckpt = time.time()
             return True
         return False
+
+
+# --------------------------------------------------------------------------- torchrun / DDP
+#
+# Under ``torchrun`` every rank draws the SAME global batch (same seed, same generator
+# state) and trains on its own slice of it (`rank_slice`); DistributedDataParallel
+# averages the gradients, which for per-sample-mean losses and equal slices is exactly
+# the gradient of the global batch, so a run's numbers do not depend on the world size
+# and a checkpoint resumes under any world size that divides the batch. Decisions that
+# depend on the clock or on signals (stop, validate, checkpoint) are made by rank 0
+# and broadcast (`agree`), so every rank leaves the loop at the same step.
+
+
+def rank_slice(x: torch.Tensor, ctx) -> torch.Tensor:
+    """This rank's rows of a global batch (all of it when not distributed)."""
+    if ctx is None:
+        return x
+    n = x.shape[0] // ctx.world_size
+    return x[ctx.rank * n : (ctx.rank + 1) * n]
+
+
+def check_batch_divides(batch: int, ctx) -> None:
+    if ctx is not None and batch % ctx.world_size:
+        raise SystemExit(f"--batch {batch} is not divisible by the {ctx.world_size} ranks")
+
+
+def agree(ctx, *flags: bool) -> list[bool]:
+    """Rank 0's values of ``flags`` on every rank (the flags themselves when alone)."""
+    if ctx is None:
+        return list(flags)
+    import torch.distributed as dist
+
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+    if ctx.device.type == "cuda":
+        t = t.to(ctx.device)
+    dist.broadcast(t, 0)
+    return [bool(v) for v in t.tolist()]
+
+
+class SilentLog:
+    """The log of ranks other than 0: says nothing (rank 0 speaks for the job)."""
+
+    def __call__(self, msg: str) -> None:
+        pass

@@ -39,9 +39,13 @@ from patchscaler.train.common import (
     DATA_ROOT,
     RunControl,
     RunLog,
+    SilentLog,
     add_run_args,
+    agree,
     atomic_save,
+    check_batch_divides,
     load_last,
+    rank_slice,
     restore_trainer_state,
     trainer_state,
     update_ema,
@@ -186,14 +190,19 @@ def export(a: argparse.Namespace, log) -> Path:
     return dst
 
 
-def train(a: argparse.Namespace) -> None:
+def train(a: argparse.Namespace) -> GRM | None:
+    """Train (or export/evaluate, returning None); returns the trained model of this rank."""
+    from patchscaler.distributed import from_env
+
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out / "metrics.log")
+    ctx = None if (a.export or a.evaluate) else from_env("cpu")  # the GRM trains on CPUs (gloo)
+    main_rank = ctx is None or ctx.is_main
+    log = RunLog(out / "metrics.log") if main_rank else SilentLog()
     torch.set_num_threads(a.threads)
     if a.export:
         export(a, log)
-        return
+        return None
     if a.evaluate:
         ck_path = out / f"{a.export_from}.pt"
         ck = torch.load(ck_path if ck_path.is_file() else out / "last.pt", map_location="cpu", weights_only=False)
@@ -203,8 +212,9 @@ def train(a: argparse.Namespace) -> None:
         val = load_val_sets(a.val_root, a.val_sets, model.config.scale, degradation)
         r = validate(model, val, model.config.scale)
         log(f"evaluate {a.export_from} step {ck['step']} (EMA): " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
-        return
+        return None
     ctl = RunControl(a.minutes, a.ckpt_minutes)
+    check_batch_divides(a.batch, ctx)
 
     ck = load_last(a, log)
     if ck is not None:
@@ -236,11 +246,26 @@ def train(a: argparse.Namespace) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     log(
         f"GRM {cfg} params={n_params} bf16={a.bf16} threads={a.threads} batch={a.batch} lr_patch={a.lr_patch} "
-        f"degradation={a.degradation}"
+        f"degradation={a.degradation} ranks={ctx.world_size if ctx else 1}"
     )
+    net = model
+    if ctx is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Broadcasts rank 0's weights and averages gradients; the GRM's buffers are
+        # constants (the RGB mean), so there is nothing to re-broadcast every step.
+        import inspect
+
+        params = inspect.signature(DistributedDataParallel).parameters
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        net = DistributedDataParallel(model, **{no_sync: False})
 
     cache = Path(a.cache) if a.cache else out.parent / "cache" / f"pool_x{cfg.scale}.pt"
+    if ctx is not None and not ctx.is_main:
+        ctx.barrier()  # rank 0 builds the pool cache first, the others then read it
     pool = PairPool(a.data, scale=cfg.scale, min_hr_side=cfg.scale * a.lr_patch, cache=cache, log=log)
+    if ctx is not None and ctx.is_main:
+        ctx.barrier()
     log(f"pair pool: {len(pool)} images, {sum(e.hr[0].numel() for e in pool.entries) / 1e6:.1f} M HR pixels")
     val = load_val_sets(a.val_root, a.val_sets, cfg.scale, a.degradation)
     if a.degradation != "bicubic":
@@ -254,6 +279,8 @@ def train(a: argparse.Namespace) -> None:
     codec = PixelUnshuffleCodec(cfg.scale)
 
     def checkpoint(tag: str = "last") -> None:
+        if not main_rank:
+            return
         atomic_save(
             trainer_state(model, ema, opt, gen, step) | {"config": cfg.__dict__, "best": best, "args": vars(a)},
             out / f"{tag}.pt",
@@ -277,21 +304,26 @@ def train(a: argparse.Namespace) -> None:
             batches = iter(loader)
         else:
             batches = iter(stream)
-    while not ctl.signalled and step < end:
-        now = time.time()
-        if now - last_val >= a.val_minutes * 60:
-            r = validate(ema, val, cfg.scale)
-            score = sum(v for k, v in r.items() if k != "spearman") / max(1, len(val))
-            log(f"val step {step} (EMA): " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
-            if score > best and step > 0:
-                best = score
-                checkpoint("best")
-                log(f"new best {best:.4f} at step {step}")
+    while step < end:
+        stop, val_due, ckpt_due, time_up = agree(
+            ctx, ctl.signalled, time.time() - last_val >= a.val_minutes * 60, ctl.checkpoint_due(), ctl.time_up()
+        )
+        if stop:
+            break
+        if val_due:
+            if main_rank:
+                r = validate(ema, val, cfg.scale)
+                score = sum(v for k, v in r.items() if k != "spearman") / max(1, len(val))
+                log(f"val step {step} (EMA): " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
+                if score > best and step > 0:
+                    best = score
+                    checkpoint("best")
+                    log(f"new best {best:.4f} at step {step}")
             last_val = time.time()
             t_log = time.time()  # validation time is not training throughput
-        if ctl.checkpoint_due():
+        if ckpt_due:
             checkpoint()
-        if ctl.time_up():
+        if time_up:
             log(f"time limit of {a.minutes} min reached")
             break
 
@@ -299,6 +331,7 @@ def train(a: argparse.Namespace) -> None:
             lr_img, hr_img = pool.sample(a.batch, a.lr_patch, gen)
         else:
             lr_img, hr_img = next(batches)
+        lr_img, hr_img = rank_slice(lr_img, ctx), rank_slice(hr_img, ctx)
         lr_img = lr_img.contiguous(memory_format=torch.channels_last)
         x0 = codec.encode(hr_img)
         cur_lr = lr_at(step, a)
@@ -306,7 +339,7 @@ def train(a: argparse.Namespace) -> None:
             g["lr"] = cur_lr
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
-            y0, conf = model(lr_img)
+            y0, conf = net(lr_img)
         loss, parts = loss_fn(y0, x0, conf)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -336,6 +369,10 @@ def train(a: argparse.Namespace) -> None:
             t_log, steps_log = time.time(), 0
     checkpoint()
     log(f"stopped at step {step}; checkpoint {out / 'last.pt'}")
+    if ctx is not None:
+        ctx.barrier()  # nobody leaves before rank 0's checkpoint is on disk
+        ctx.close()
+    return model
 
 
 def main(argv=None) -> int:
