@@ -2,7 +2,13 @@
 one pytest-benchmark group, 256×256 → 1024×1024 (the middle size of the CPU speed bars).
 
     pytest benchmarks/test_bench_realesrgan.py --benchmark   # 256 LR, timed
+    OMP_NUM_THREADS=1 pytest benchmarks/test_bench_realesrgan.py --benchmark   # 1 thread each
     pytest benchmarks/test_bench_realesrgan.py               # one 16x16 LR smoke run
+
+The group name carries the thread count, so runs at different counts sit side by side in
+the report. On a machine whose cores another job keeps busy, 2 threads can be several
+times slower than 1 for both sides (2026-12-02, 2 cores shared with a training job:
+Real-ESRGAN 128² 3 s at 1 thread vs 10-13 s at 2, PGS 256² 6.8 s vs 28 s).
 
 Input: the bundled example photo tiled by reflection up to the size, as in
 test_bench_pipeline.py. Real-ESRGAN runs through `benchmarks/realesrgan_ncnn.py` with
@@ -44,7 +50,8 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(autouse=True)
 def _group(request, benchmark):
     s = request.getfixturevalue("side")
-    benchmark.group = f"real-world peer x4 {s}x{s} -> {4 * s}x{4 * s} cpu"
+    n = torch.get_num_threads()
+    benchmark.group = f"real-world peer x4 {s}x{s} -> {4 * s}x{4 * s} cpu, {n} thread" + ("s" if n > 1 else "")
 
 
 def _check(benchmark, hr: torch.Tensor, side: int) -> None:
