@@ -1,0 +1,137 @@
+"""README picture: real-world inputs, Real-ESRGAN x4plus beside PatchScaler.
+
+    python scripts/realworld_picture.py                      # -> docs/realworld/realsrset_compare.png
+    python scripts/realworld_picture.py --model real         # once the real-world weights ship
+
+For each of two RealSRSet photos (no ground truth; default Lincoln and chip), one row:
+the input enlarged ×4 with nearest neighbour, Real-ESRGAN x4plus (ncnn, CPU,
+`benchmarks/realesrgan_ncnn.py`) and PatchScaler PGS (`patchscaler.upscale`, seed 0),
+each shown whole (fitted to a common panel size, the zoomed region outlined), then the
+same region of each at ``--zoom`` (nearest, so the pixels are the methods' own).
+
+``--model`` is passed to `patchscaler.upscale` only if it takes a ``model`` parameter;
+the label says which model set ran. The panel layout follows
+`patchscaler.examples.compare` (dark sheet, label strip above each panel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import patchscaler  # noqa: E402
+from patchscaler.data.images import load_image  # noqa: E402
+
+REALSRSET = REPO.parent / "shared" / "data" / "realworld" / "RealSRSet"
+DEFAULT_OUTPUT = REPO / "docs" / "realworld" / "realsrset_compare.png"
+# Zoomed regions in pixels of the ×4 output: (left, top, width, height).
+REGIONS = {
+    "Lincoln.png": (220, 170, 160, 160),  # eyes and nose
+    "chip.png": (120, 150, 160, 160),     # printed lettering
+}
+PANEL = 320        # side of the whole-image panels
+LABEL_HEIGHT = 22  # as patchscaler.examples.compare
+GAP = 4
+BG = (24, 24, 24)
+OUTLINE = (240, 228, 66)
+
+
+def _to_pil(img: torch.Tensor) -> Image.Image:
+    arr = (img.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def _labelled(pic: Image.Image, label: str) -> Image.Image:
+    out = Image.new("RGB", (pic.width, pic.height + LABEL_HEIGHT), BG)
+    out.paste(pic, (0, LABEL_HEIGHT))
+    ImageDraw.Draw(out).text((6, 5), label, fill=(235, 235, 235))
+    return out
+
+
+def _whole(img: Image.Image, region: tuple[int, int, int, int], label: str) -> Image.Image:
+    f = PANEL / max(img.size)
+    pic = img.resize((round(img.width * f), round(img.height * f)), Image.LANCZOS)
+    left, top, w, h = region
+    ImageDraw.Draw(pic).rectangle([left * f, top * f, (left + w) * f - 1, (top + h) * f - 1], outline=OUTLINE, width=2)
+    return _labelled(pic, label)
+
+
+def _zoom(img: Image.Image, region: tuple[int, int, int, int], zoom: int, label: str) -> Image.Image:
+    left, top, w, h = region
+    return _labelled(img.crop((left, top, left + w, top + h)).resize((w * zoom, h * zoom), Image.NEAREST), label)
+
+
+def _row(panels: list[Image.Image]) -> Image.Image:
+    height = max(p.height for p in panels)
+    row = Image.new("RGB", (sum(p.width for p in panels) + GAP * (len(panels) - 1), height), BG)
+    x = 0
+    for p in panels:
+        row.paste(p, (x, 0))
+        x += p.width + GAP
+    return row
+
+
+def picture(names: list[str], output: Path, model: str | None, threads: int, zoom: int) -> Path:
+    from realesrgan_ncnn import RealESRGAN
+
+    torch.set_num_threads(threads)
+    kw, model_label = {}, "shipped weights"
+    params = inspect.signature(patchscaler.upscale).parameters
+    if "model" in params:
+        kw = {"model": model} if model else {}
+        model_label = f"model {model or params['model'].default}"
+    elif model:
+        raise SystemExit(f"--model {model!r}: this patchscaler.upscale has no `model` parameter")
+    net = RealESRGAN(threads=threads, tile=512)
+    rows = []
+    for name in names:
+        lr = load_image(REALSRSET / name)
+        region = REGIONS.get(name)
+        if region is None:  # default: the centre quarter of the output
+            h, w = 4 * lr.shape[-2], 4 * lr.shape[-1]
+            region = (w * 3 // 8, h * 3 // 8, w // 4, h // 4)
+        nearest = lr.repeat_interleave(4, dim=-2).repeat_interleave(4, dim=-1)
+        with torch.inference_mode():
+            esr = net(lr)
+            ps, groups = patchscaler.upscale(lr, sampler="pgs", seed=0, device="cpu", return_groups=True, **kw)
+        imgs = [
+            (_to_pil(nearest), f"{name} input {lr.shape[-1]}x{lr.shape[-2]} (nearest x4)"),
+            (_to_pil(esr), "Real-ESRGAN x4plus"),
+            (_to_pil(ps), f"PatchScaler PGS ({model_label}, {groups.evaluations} patch-steps)"),
+        ]
+        rows.append(_row([_whole(im, region, label) for im, label in imgs]
+                         + [_zoom(im, region, zoom, f"zoom x{zoom}") for im, _ in imgs]))
+        print(f"{name}: done", flush=True)
+    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows) + GAP * (len(rows) - 1)), BG)
+    y = 0
+    for r in rows:
+        sheet.paste(r, (0, y))
+        y += r.height + GAP
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(output)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", nargs="+", default=list(REGIONS), help="RealSRSet file names")
+    p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT)
+    p.add_argument("--model", default=None, help="patchscaler model set (if upscale() takes `model`)")
+    p.add_argument("--threads", type=int, default=1, help="torch and ncnn threads (1: 2 oversubscribe a shared 2-core machine)")
+    p.add_argument("--zoom", type=int, default=2)
+    a = p.parse_args(argv)
+    print(f"wrote {picture(a.images, a.output, a.model, a.threads, a.zoom)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
