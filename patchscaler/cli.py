@@ -309,7 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(text)
         else:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(text + "\n")
+            from patchscaler.image_files import atomic_write
+
+            with atomic_write(args.json) as tmp:  # never a half-written report
+                tmp.write_text(text + "\n")
     if not folder and records and not args.quiet:
         print(f"wrote {records[0]['output']}", file=sys.stderr)
     if failures:
