@@ -28,6 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from patchscaler import distributed
+from patchscaler.folder_run import IMAGE_ERRORS, run_jobs
+
+MANIFEST_NAME = "manifest.jsonl"
+
 import numpy as np
 
 from patchscaler.sampling.registry import DEFAULT_MODEL, MODEL_SETS, QUALITY_PRESETS, SAMPLERS
@@ -107,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
         "group (default balanced)",
     )
     p.add_argument("--seed", type=int, default=0, help="noise seed (results are reproducible per seed)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available; "
+                   "under torchrun cuda:LOCAL_RANK, or the CPU)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's choice)")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true", help="run the models in float16")
     prec.add_argument("--bf16", action="store_true", help="run the models in bfloat16")
@@ -136,6 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write per-image statistics as JSON ('-': stdout)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="folder runs: redo images whose output already exists (default: keep them, so a rerun resumes)")
+    p.add_argument("--manifest", type=Path, default=None, metavar="PATH",
+                   help=f"folder runs: JSON lines appended per image (default OUTPUT/{MANIFEST_NAME})")
     return p
 
 
@@ -238,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_size(args.outscale, args.width, args.height, prefix="--")
         if args.max_batch_patches is not None and args.max_batch_patches < 1:
             raise CLIError("--max-batch-patches must be >= 1")
+        if args.threads is not None:
+            if args.threads < 1:
+                raise CLIError("--threads must be >= 1")
+            torch.set_num_threads(args.threads)
         if args.device is not None:
             from patchscaler.api import _check_device
 
@@ -246,61 +261,76 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
-    records, failures = [], []
-    bar = tqdm(jobs, desc="images", unit="image", disable=args.quiet or not folder, file=sys.stderr)
-    for job in bar:
+    def process(job: _Job) -> dict:
+        """One image: read, upscale, write (atomically); its record for --json and the manifest."""
         start = time.perf_counter()
+        arr, meta = read_image(job.src, max_pixels=max_mp * 1e6 / 16, limit_hint=(
+            f" (its x4 output would be above --max-megapixels {max_mp:g}; raise it to allow)"))
+        for note in meta.warnings:
+            (tqdm.write if folder else print)(f"{prog}: warning: {note}", file=sys.stderr)
+        big = arr.shape[0] * arr.shape[1] >= PATCH_PROGRESS_MIN_PIXELS
+        out, gmap = upscale(
+            arr,
+            sampler=sampler,
+            model=args.model,
+            quality=args.quality,
+            seed=args.seed,
+            device=device,
+            dtype=dtype,
+            max_batch_patches=args.max_batch_patches,
+            return_groups=True,
+            progress=big and not args.quiet and not folder,
+            max_output_megapixels=max_mp,
+            outscale=args.outscale,
+            width=args.width,
+            height=args.height,
+        )
+        write_image_array(out, job.dst, meta)
+        if job.groups is not None:
+            _groups_picture(out, gmap, job.groups)
+        return {
+            "input": str(job.src),
+            "output": str(job.dst),
+            "size": [int(arr.shape[1]), int(arr.shape[0])],
+            "output_size": [int(out.shape[1]), int(out.shape[0])],
+            "seconds": round(time.perf_counter() - start, 4),
+            "groups_picture": str(job.groups) if job.groups else None,
+            **gmap.summary(),
+        }
+
+    device = args.device
+    if not folder:
         try:
-            arr, meta = read_image(job.src, max_pixels=max_mp * 1e6 / 16, limit_hint=(
-                f" (its x4 output would be above --max-megapixels {max_mp:g}; raise it to allow)"))
-            for note in meta.warnings:
-                (tqdm.write if folder else print)(f"{prog}: warning: {note}", file=sys.stderr)
-            big = arr.shape[0] * arr.shape[1] >= PATCH_PROGRESS_MIN_PIXELS
-            out, gmap = upscale(
-                arr,
-                sampler=sampler,
-                model=args.model,
-                quality=args.quality,
-                seed=args.seed,
-                device=args.device,
-                dtype=dtype,
-                max_batch_patches=args.max_batch_patches,
-                return_groups=True,
-                progress=big and not args.quiet,
-                max_output_megapixels=max_mp,
-                outscale=args.outscale,
-                width=args.width,
-                height=args.height,
-            )
-            write_image_array(out, job.dst, meta)
-            if job.groups is not None:
-                _groups_picture(out, gmap, job.groups)
-        except WeightsNotAvailableError as exc:  # no image can succeed: stop the run
-            bar.close()
+            records, failures = [process(jobs[0])], []
+        except WeightsNotAvailableError as exc:
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
             return 2
-        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        except IMAGE_ERRORS as exc:
             msg = _one_line(exc)
-            if str(job.src) not in msg:
-                msg = f"{job.src}: {msg}"
-            failures.append((job.src, msg))
-            (tqdm.write if folder else print)(f"{prog}: error: {msg}", file=sys.stderr)
-            if not folder:
-                return 2
-            continue
-        seconds = time.perf_counter() - start
-        records.append(
-            {
-                "input": str(job.src),
-                "output": str(job.dst),
-                "size": [int(arr.shape[1]), int(arr.shape[0])],
-                "output_size": [int(out.shape[1]), int(out.shape[0])],
-                "seconds": round(seconds, 4),
-                "groups_picture": str(job.groups) if job.groups else None,
-                **gmap.summary(),
-            }
-        )
-    bar.close()
+            print(f"{prog}: error: {msg if str(jobs[0].src) in msg else f'{jobs[0].src}: {msg}'}", file=sys.stderr)
+            return 2
+        skipped = []
+    else:
+        # Under torchrun every rank takes its share of the folder on its own device.
+        ctx = distributed.from_env(args.device)
+        if ctx is not None:
+            device = str(ctx.device)
+        try:
+            result = run_jobs(
+                jobs, process, ctx=ctx, overwrite=args.overwrite,
+                manifest=args.manifest or out_folder / MANIFEST_NAME, progress=not args.quiet,
+                on_error=lambda msg: tqdm.write(f"{prog}: error: {msg}", file=sys.stderr),
+                fatal=(WeightsNotAvailableError,),
+            )
+        except WeightsNotAvailableError as exc:  # no image can succeed: stop the run
+            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        finally:
+            if ctx is not None:
+                ctx.close()
+        records, failures, skipped = result.records, result.failures, result.skipped
+        if ctx is not None and not ctx.is_main:
+            return 1 if failures else 0  # rank 0 reports for the whole job
 
     if args.json is not None:
         report = {"images": records, "failures": [{"input": str(p), "error": e} for p, e in failures]}
@@ -321,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {msg}", file=sys.stderr)
         return 1
     if folder and not args.quiet:
-        print(f"wrote {len(records)} images to {out_folder}", file=sys.stderr)
+        kept = f" ({len(skipped)} already there, kept; --overwrite redoes them)" if skipped else ""
+        print(f"wrote {len(records)} images to {out_folder}{kept}", file=sys.stderr)
     return 0
 
 

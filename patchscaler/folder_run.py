@@ -78,6 +78,7 @@ def run_jobs(
     manifest: str | os.PathLike | None = None,
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
+    fatal: tuple[type[BaseException], ...] = (),
 ) -> FolderResult:
     """Run ``process(job)`` for this rank's share of ``jobs`` (objects with ``.src``, ``.dst``).
 
@@ -85,6 +86,7 @@ def run_jobs(
     ``"evaluations"`` entry goes into the manifest). An error from :data:`IMAGE_ERRORS`
     fails that job only; anything else propagates (it would fail every image).
     ``on_error(message)`` is told about each failure as it happens (this rank's only).
+    ``fatal`` exceptions propagate even when they are :data:`IMAGE_ERRORS` (e.g. missing weights).
     """
     from tqdm.auto import tqdm
 
@@ -109,6 +111,8 @@ def run_jobs(
         else:
             try:
                 record = process(job)
+            except fatal:
+                raise
             except IMAGE_ERRORS as exc:
                 msg = _one_line(exc)
                 if str(job.src) not in msg:

@@ -62,7 +62,7 @@ def test_folder_mirrors_names_keeps_formats_and_reports_the_bad_file(fake_models
     err = capsys.readouterr().err
     assert "broken.png" in err and "1 of 7 images failed" in err and "Traceback" not in err
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
-        "grey.png", "grey16.png", "photo.png", "pic.png", "sub", "sub/alpha.png", "sub/deep16.png",
+        "grey.png", "grey16.png", "manifest.jsonl", "photo.png", "pic.png", "sub", "sub/alpha.png", "sub/deep16.png",
     ]
     assert Image.open(out / "photo.png").size == (28, 24)
     assert Image.open(out / "grey.png").mode == "L"

@@ -1,0 +1,7 @@
+"""``python -m patchscaler`` = the ``patchscaler`` command (also what ``torchrun -m patchscaler`` runs)."""
+
+import sys
+
+from patchscaler.cli import main
+
+sys.exit(main())
