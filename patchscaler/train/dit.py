@@ -46,8 +46,12 @@ from patchscaler.sampling.pgs import PGSConfig
 from patchscaler.train.common import (
     RunControl,
     RunLog,
+    SilentLog,
+    agree,
     atomic_save,
+    check_batch_divides,
     load_last,
+    rank_slice,
     restore_trainer_state,
     trainer_state,
     update_ema,
@@ -108,15 +112,33 @@ def export(a, log) -> None:
     log(f"exported EMA weights of step {ck['step']} -> {a.export_to} (val {ck.get('val')})")
 
 
-def train(a) -> None:
+class _DenoiserStep(torch.nn.Module):
+    """The part of a training step that has parameters, as one ``forward`` for DDP to wrap."""
+
+    def __init__(self, model: PatchDiT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, y_t, t, y0, values, scores, drop):
+        prompt = self.model.encode_prompt(values, scores, batch=y_t.shape[0], drop=drop if values is not None else None)
+        return self.model.net(y_t, t, y0, prompt).float()
+
+
+def train(a):
+    """Train (or export, returning None); returns this rank's trained model."""
+    from patchscaler.distributed import from_env
+
     out = Path(a.out)
-    log = RunLog(out / "train.log")
+    ctx = None if a.export else from_env(a.device)  # cuda -> cuda:LOCAL_RANK under torchrun
+    main_rank = ctx is None or ctx.is_main
+    log = RunLog(out / "train.log") if main_rank else SilentLog()
     if a.export:
         export(a, log)
-        return
+        return None
     torch.set_num_threads(a.threads)
     ctl = RunControl(a.minutes, a.ckpt_minutes)
-    device = torch.device(a.device)
+    device = torch.device(a.device) if ctx is None else ctx.device
+    check_batch_divides(a.crops, ctx)
     amp = a.amp or ("bf16" if device.type == "cuda" else "none")
 
     rtm = None
@@ -186,6 +208,13 @@ def train(a) -> None:
     log(f"PatchDiT {cfg} params={n_params} amp={amp} rtm={a.rtm} ({len(rtm) if rtm is not None else 0} entries) args={vars(a)}")
 
     ac = make_alphas_cumprod(cfg.schedule, cfg.num_train_timesteps).to(device)
+    step_fn = _DenoiserStep(model)
+    if ctx is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Every rank draws the global batch and trains its slice (see train/common.py).
+        # Unused parameters happen (no memory: the prompt encoder idles), so let DDP look for them.
+        step_fn = DistributedDataParallel(step_fn, find_unused_parameters=True)
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else nullcontext()
@@ -209,6 +238,8 @@ def train(a) -> None:
         return r
 
     def checkpoint() -> None:
+        if not main_rank:
+            return
         atomic_save(
             trainer_state(model, ema, opt, gen, step)
             | {"config": cfg.to_dict(), "args": vars(a), "val": val_result}
@@ -216,25 +247,26 @@ def train(a) -> None:
             out / "last.pt",
         )
 
-    if ck is None:
+    if ck is None and main_rank:
         val_result = evaluate()
     meter, n = 0.0, 0
-    while step < a.steps and not ctl.out_of_time():
+    while step < a.steps and not agree(ctx, ctl.out_of_time())[0]:
         batch = pairs.sample(a.crops, gen)
         x0, y0 = batch["x0"], batch["y0"]
         P = x0.shape[0]
         t = torch.randint(0, a.t_max + 1, (P,), generator=gen).to(device)
         eps = torch.randn(x0.shape, generator=noise_gen, device=device)
         drop = (torch.rand(P, generator=gen) < a.drop_prompt).to(device)
+        # This rank's slice of the global batch (all of it when alone).
+        x0, y0, t, eps, drop, ids = (rank_slice(v, ctx) for v in (x0, y0, t, eps, drop, batch["image_id"]))
         a_t = ac[t].view(-1, 1, 1, 1)
         y_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
-        values, scores = prompts(y0, batch["image_id"].to(device))
+        values, scores = prompts(y0, ids.to(device))
         for g in opt.param_groups:
             g["lr"] = a.lr * min(1.0, (step + 1) / a.warmup)
         model.train()
         with autocast():
-            prompt = model.encode_prompt(values, scores, batch=P, drop=drop if values is not None else None)
-            f = model.net(y_t, t, y0, prompt).float()
+            f = step_fn(y_t, t, y0, values, scores, drop)
         loss = F.mse_loss(f, model.net_target(x0, eps, y_t, t, y0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -251,14 +283,18 @@ def train(a) -> None:
             log(f"step {step} loss {meter / n:.5f} gnorm {float(gnorm):.3f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"{ctl.elapsed():.0f}s")
             meter, n = 0.0, 0
-        if step % a.val_every == 0:
+        if step % a.val_every == 0 and main_rank:
             val_result = evaluate()
-        if ctl.checkpoint_due():
+        if agree(ctx, ctl.checkpoint_due())[0]:
             checkpoint()
-    if step % a.val_every != 0:
+    if step % a.val_every != 0 and main_rank:
         val_result = evaluate()
     checkpoint()
     log(f"stopped at step {step}; checkpoint {out / 'last.pt'}")
+    if ctx is not None:
+        ctx.barrier()
+        ctx.close()
+    return model
 
 
 def main(argv=None) -> int:
