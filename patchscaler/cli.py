@@ -145,6 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--overwrite", action="store_true",
                    help="folder runs: redo images whose output already exists (default: keep them, so a rerun resumes)")
+    p.add_argument("--shard", choices=["dynamic", "static"], default="dynamic",
+                   help="under torchrun: ranks pull the next image, largest first (dynamic, default), or take "
+                   "a fixed pixel-balanced share (static)")
     p.add_argument("--manifest", type=Path, default=None, metavar="PATH",
                    help=f"folder runs: JSON lines appended per image (default OUTPUT/{MANIFEST_NAME})")
     return p
@@ -320,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 jobs, process, ctx=ctx, overwrite=args.overwrite,
                 manifest=args.manifest or out_folder / MANIFEST_NAME, progress=not args.quiet,
                 on_error=lambda msg: tqdm.write(f"{prog}: error: {msg}", file=sys.stderr),
-                fatal=(WeightsNotAvailableError,),
+                fatal=(WeightsNotAvailableError,), shard=args.shard,
             )
         except WeightsNotAvailableError as exc:  # no image can succeed: stop the run
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)

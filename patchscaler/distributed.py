@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-__all__ = ["Context", "from_env", "shard_by_cost", "gather", "ProgressCounter"]
+__all__ = ["Context", "from_env", "shard_by_cost", "gather", "ProgressCounter", "WorkQueue"]
 
 
 @dataclass
@@ -92,6 +92,46 @@ def gather(ctx: Context | None, obj: Any) -> list[Any]:
     return out
 
 
+def _default_store():
+    # The default group's store is the one torchrun's rendezvous made; c10d exposes it
+    # only privately (None if that ever changes: callers then fall back to static work).
+    from torch.distributed import distributed_c10d
+
+    getter = getattr(distributed_c10d, "_get_default_store", None)
+    return getter() if getter is not None and dist.is_initialized() else None
+
+
+class WorkQueue:
+    """Items handed out one at a time to whichever rank asks first, largest first.
+
+    A static split by pixels cannot see that PGS spends more steps on textured photos than
+    on smooth ones, so ranks finish at different times; pulling the next item from one
+    shared counter (an atomic add on the rendezvous store) keeps every rank busy to the
+    end. Which rank takes which item then varies between runs; what each item's result
+    is does not (every image has its own seed). Alone, or without a store, it yields
+    this rank's static share (:func:`shard_by_cost`).
+    """
+
+    def __init__(self, ctx: Context | None, costs: Sequence[float], key: str = "patchscaler/next"):
+        self.ctx, self.key = ctx, key
+        self.order = sorted(range(len(costs)), key=lambda j: (-float(costs[j]), j))
+        self.costs = costs
+        self._store = _default_store() if ctx is not None else None
+
+    def __iter__(self):
+        if self.ctx is None:
+            yield from range(len(self.costs))
+            return
+        if self._store is None:
+            yield from shard_by_cost(self.costs, self.ctx.world_size, self.ctx.rank)
+            return
+        while True:
+            k = self._store.add(self.key, 1) - 1
+            if k >= len(self.order):
+                return
+            yield self.order[k]
+
+
 class ProgressCounter:
     """A job-wide count of finished items, kept in the rendezvous store.
 
@@ -102,14 +142,7 @@ class ProgressCounter:
 
     def __init__(self, ctx: Context | None, key: str = "patchscaler/done"):
         self.ctx, self.key, self._local = ctx, key, 0
-        # The default group's store is the one torchrun's rendezvous made; c10d exposes
-        # it only privately, so fall back to an all-local count if that ever changes.
-        self._store = None
-        if ctx is not None:
-            from torch.distributed import distributed_c10d
-
-            getter = getattr(distributed_c10d, "_get_default_store", None)
-            self._store = getter() if getter is not None else None
+        self._store = _default_store() if ctx is not None else None  # None: an all-local count
 
     def add(self, n: int = 1) -> None:
         self._local += n

@@ -2,10 +2,12 @@
 
 Used by the ``patchscaler`` command for folder inputs, alone or under ``torchrun``:
 
-* **Sharding.** Every rank sees the same sorted job list and takes the share
-  :func:`patchscaler.distributed.shard_by_cost` gives it (balanced by pixel count, read
-  from the file headers), so the split needs no communication and the same seed gives
-  the same outputs as one process.
+* **Sharding.** Every rank sees the same sorted job list. By default the ranks pull
+  images one at a time from a shared counter, largest first (`distributed.WorkQueue`:
+  PGS's cost depends on the content, which no static split can see); ``shard="static"``
+  takes the fixed share :func:`patchscaler.distributed.shard_by_cost` gives each rank
+  (balanced by pixel count from the file headers). Either way every image has the same
+  seed as in one process, so the outputs are the same.
 * **Resume.** A job whose output already exists is skipped (outputs are written to a
   temporary name and renamed, so an existing file is a complete one); ``overwrite``
   redoes it.
@@ -18,6 +20,7 @@ Used by the ``patchscaler`` command for folder inputs, alone or under ``torchrun
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -26,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from patchscaler.distributed import Context, ProgressCounter, gather, shard_by_cost
+from patchscaler.distributed import Context, ProgressCounter, WorkQueue, gather, shard_by_cost
 
 __all__ = ["FolderResult", "pixel_cost", "run_jobs"]
+
+_RUNS = itertools.count()
 
 # The errors one image can cause without stopping the others (the CLI's folder contract).
 IMAGE_ERRORS = (OSError, ValueError, TypeError, RuntimeError)
@@ -79,6 +84,7 @@ def run_jobs(
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
     fatal: tuple[type[BaseException], ...] = (),
+    shard: str = "dynamic",
 ) -> FolderResult:
     """Run ``process(job)`` for this rank's share of ``jobs`` (objects with ``.src``, ``.dst``).
 
@@ -86,12 +92,22 @@ def run_jobs(
     ``"evaluations"`` entry goes into the manifest). An error from :data:`IMAGE_ERRORS`
     fails that job only; anything else propagates (it would fail every image).
     ``on_error(message)`` is told about each failure as it happens (this rank's only).
+    ``shard``: "dynamic" (ranks pull the next image, largest first: best throughput) or
+    "static" (a fixed split balanced by pixels: each rank's files known in advance).
     ``fatal`` exceptions propagate even when they are :data:`IMAGE_ERRORS` (e.g. missing weights).
     """
     from tqdm.auto import tqdm
 
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
-    mine = shard_by_cost([pixel_cost(j.src) for j in jobs], world, rank) if world > 1 else list(range(len(jobs)))
+    costs = [pixel_cost(j.src) for j in jobs] if world > 1 else [1] * len(jobs)
+    if world == 1:
+        mine = range(len(jobs))
+    elif shard == "dynamic":
+        # A fresh key per call (every rank calls in the same order), so a second folder
+        # run in the same process group starts its own queue.
+        mine = WorkQueue(ctx, costs, key=f"patchscaler/next/{next(_RUNS)}")
+    else:
+        mine = shard_by_cost(costs, world, rank)
     manifest = Path(manifest) if manifest is not None else None
     if manifest is not None:
         manifest.parent.mkdir(parents=True, exist_ok=True)
