@@ -421,7 +421,8 @@ def format_table(results: dict) -> str:
                 f"{ds:<10} {m:<10} {_fmt(r['psnr'], 2):>7} {_fmt(r['ssim'], 4):>7} {_fmt(r['niqe'], 3):>7} "
                 f"{_fmt(r['hf_ratio'], 3):>6} {r['seconds']:>9.2f} {r['images']:>6}"
             )
-            extra = {k: v for k, v in r.items() if k not in (*METRICS, "seconds", "images")}
+            # Counters summed over images; the confidence check has its own line below the table.
+            extra = {k: v for k, v in r.items() if k not in (*METRICS, "seconds", "images") and not k.startswith("confidence_")}
             if extra:
                 n = max(1, r["images"])
                 lines.append(" " * 22 + "  ".join(f"{k}={float(v):.0f} ({float(v) / n:.1f}/image)" for k, v in extra.items()))
