@@ -168,3 +168,53 @@ def write_model_set(root, model: str = "bicubic", grm: bool = True, dit: bool = 
         ).save(weights_file("pgs", model, root))
     Path(root, model).mkdir(parents=True, exist_ok=True)
     return Path(root, model)
+
+
+# --------------------------------------------------------------------------- training and ranks
+
+
+def noise_photos(folder, n: int, h: int = 48, w: int = 40, seed: int = 0):
+    """``n`` uniform-noise RGB PNGs ``{i}.png`` in a new ``folder`` (tiny training sets)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _rank_entry(rank, world, port, target, args, queue):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    target(rank, *args)
+    queue.put(rank)
+
+
+def run_gloo_ranks(target, world: int, *args, timeout: float = 240) -> None:
+    """Run ``target(rank, *args)`` in ``world`` spawned processes set up as torchrun would (env://).
+
+    ``target`` must be importable (a module-level function); it passes results back through
+    files, since tensors sent over a queue die with the process that shared them.
+    """
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank_entry, args=(r, world, port, target, args, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    done = sorted(queue.get(timeout=timeout) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert done == list(range(world))

@@ -12,6 +12,7 @@ from patchscaler.data.resize import bicubic_upscale
 from patchscaler.checkpoints import weights_file
 from patchscaler.models.grm import GRM, GRMConfig, load_grm
 from patchscaler.models.losses import grm_loss
+from helpers import noise_photos, run_gloo_ranks
 
 TINY = GRMConfig(channels=8, blocks=2, expand=2, conf_channels=4)
 
@@ -112,16 +113,9 @@ def _train_args(data, out, *extra):
 
 
 def test_training_resume_is_exact(tmp_path):
-    import numpy as np
-    from PIL import Image
-
     from patchscaler.train.grm import train
 
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray((rng.random((48, 40, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    data = noise_photos(tmp_path / "data", 2, seed=0)
     straight, split = tmp_path / "straight", tmp_path / "split"
     straight.mkdir()
     split.mkdir()
@@ -138,16 +132,9 @@ def test_training_resume_is_exact(tmp_path):
 
 def test_training_on_real_degradations_from_init(tmp_path):
     """--degradation real --init: starts from given weights, trains on the degraded stream, resumes exactly."""
-    import numpy as np
-    from PIL import Image
-
     from patchscaler.train.grm import train
 
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(2):
-        Image.fromarray((rng.random((48, 40, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    data = noise_photos(tmp_path / "data", 2, seed=1)
     base = tmp_path / "base"
     base.mkdir()
     train(_train_args(data, base, "--stop-at", "2"))
@@ -167,59 +154,29 @@ def test_training_on_real_degradations_from_init(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
-def _ddp_rank(rank, world, port, data, out, queue):
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _ddp_rank(rank, data, out):
     from pathlib import Path
 
     from patchscaler.train.grm import train
 
     model = train(_train_args(Path(data), Path(out), "--stop-at", "3", "--batch", "4", "--no-bf16"))
-    # Through a file: tensors sent over a queue die with the process that shared them.
     torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
-    queue.put(rank)
 
 
 def test_ddp_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
     """torchrun-style 2 ranks: parameters equal on both ranks and equal to 1 process on the same global batch."""
-    import socket
-
-    import numpy as np
-    import torch.multiprocessing as mp
-    from PIL import Image
-
     from patchscaler.train.grm import train
 
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(3):
-        Image.fromarray((rng.random((48, 40, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    data = noise_photos(tmp_path / "data", 3, seed=2)
     single, multi = tmp_path / "single", tmp_path / "multi"
     single.mkdir()
     multi.mkdir()
     ref = train(_train_args(data, single, "--stop-at", "3", "--batch", "4", "--no-bf16")).state_dict()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_rank, args=(r, 2, port, str(data), str(multi), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    ranks = sorted(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    assert ranks == [0, 1]
-    states = [torch.load(multi / f"rank{r}.pt", weights_only=True) for r in ranks]
+    run_gloo_ranks(_ddp_rank, 2, str(data), str(multi))
+    states = [torch.load(multi / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for k in ref:
         assert torch.equal(states[0][k], states[1][k]), k
         torch.testing.assert_close(states[0][k], ref[k], atol=1e-5, rtol=1e-4)
-    moved = sum(float((states[0][k] - v).abs().sum()) for k, v in
-                torch.load(multi / "last.pt", weights_only=False)["model"].items())
-    assert moved == 0  # rank 0's checkpoint holds the trained weights
     ck = torch.load(multi / "last.pt", weights_only=False)
     assert ck["step"] == 3
+    assert all(torch.equal(states[0][k], v) for k, v in ck["model"].items())  # rank 0 checkpointed the trained weights

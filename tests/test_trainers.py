@@ -155,42 +155,22 @@ def test_grm_export_writes_a_model_set_file_with_its_metadata(photos, tmp_path, 
     assert patchscaler.upscale(torch.rand(3, 5, 6), model="real", sampler="none").shape == (3, 20, 24)
 
 
-def _dit_ddp_rank(rank, world, port, photos, out, queue):
-    import os
+def _dit_ddp_rank(rank, photos, out):
     import warnings
     from pathlib import Path
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
     warnings.filterwarnings("ignore", "using an untrained GRM")
-    from patchscaler.train import dit as train_dit
-
     model = train_dit.train(train_dit.parse_args(_args(Path(photos), Path(out), "--steps", "2", "--crops", "4")))
-    torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")  # a file: queued tensors die with their process
-    queue.put(rank)
+    torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
 
 
 @pytest.mark.filterwarnings("ignore:using an untrained GRM")
 def test_dit_ddp_two_gloo_ranks_match_one_process(photos, tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
+    from helpers import run_gloo_ranks
 
     single = train_dit.train(train_dit.parse_args(_args(photos, tmp_path / "one", "--steps", "2", "--crops", "4")))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_dit_ddp_rank, args=(r, 2, port, str(photos), str(tmp_path / "two"), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    ranks = sorted(queue.get(timeout=240) for _ in procs)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    assert ranks == [0, 1]
-    states = [torch.load(tmp_path / "two" / f"rank{r}.pt", weights_only=True) for r in ranks]
+    run_gloo_ranks(_dit_ddp_rank, 2, str(photos), str(tmp_path / "two"))
+    states = [torch.load(tmp_path / "two" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     ref = single.state_dict()
     for k in ref:
         assert torch.equal(states[0][k], states[1][k]), k
