@@ -115,7 +115,7 @@ class PairPool:
                     log(f"pair pool: prepared {i + 1}/{len(paths)} images")
             if cache is not None:
                 Path(cache).parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(str(cache) + ".tmp")
+                tmp = Path(f"{cache}.{os.getpid()}.tmp")  # several processes may build it at once
                 torch.save(
                     {"key": key, "names": [e.name for e in entries], "hr": [e.hr for e in entries],
                      "lr": [e.lr for e in entries]},

@@ -158,7 +158,11 @@ def train(a):
     # (anchor_sigma="auto" measures on them).
     cfg = PatchDiTConfig.from_dict(ck["config"]) if ck else init.config if init is not None else None
 
+    if ctx is not None and not ctx.is_main:
+        ctx.barrier()  # rank 0 builds the pool cache first, the others then read it
     pool = open_pool(a, a.lr_crop, log)
+    if ctx is not None and ctx.is_main:
+        ctx.barrier()
     train_idx, held_idx = split_entries(pool)
     grm = load_frozen_grm(a.grm_checkpoint, device)
     pairs = LatentPatchPairs(pool, train_idx, grm, lr_crop=a.lr_crop, device=device, degradation=a.degradation)
