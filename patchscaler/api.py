@@ -270,6 +270,8 @@ def _from_pil(im: Any, name: str) -> _Item:
     back as RGB(A)/L, CMYK and other colour spaces as RGB, 32-bit "I"/"F" as such)."""
     from PIL import Image
 
+    from patchscaler.image_files import PALETTE_MODES, flatten_palette
+
     mode = im.mode
     _check_size(im.height, im.width, name)
     if mode.startswith("I;16"):
@@ -286,12 +288,8 @@ def _from_pil(im: Any, name: str) -> _Item:
             return Image.fromarray(np.floor(out + 0.5).astype(np.int32) if mode == "I" else out.astype(np.float32))
 
         return _Item(item.rgb, None, restore_if)
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif mode == "PA":
-        im = im.convert("RGBA")
-    elif mode == "1":
-        im = im.convert("L")
+    if mode in PALETTE_MODES:
+        im = flatten_palette(im)
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX: out as RGB
     out_mode = im.mode

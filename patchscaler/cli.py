@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from patchscaler import distributed
-from patchscaler.folder_run import IMAGE_ERRORS, run_jobs
+from patchscaler.folder_run import IMAGE_ERRORS, image_error, one_line, run_jobs
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -217,11 +217,6 @@ def _groups_picture(out: np.ndarray, gmap, path: Path) -> None:
         group_map_image(hr, gmap).save(tmp, format="PNG")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patchscaler`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -261,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _check_device(args.device, torch.device("cpu"))
     except (CLIError, ValueError, FileNotFoundError) as exc:  # FileNotFoundError: WeightsNotAvailableError
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
     def process(job: _Job) -> dict:
@@ -306,11 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             records, failures = [process(jobs[0])], []
         except WeightsNotAvailableError as exc:
-            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
             return 2
         except IMAGE_ERRORS as exc:
-            msg = _one_line(exc)
-            print(f"{prog}: error: {msg if str(jobs[0].src) in msg else f'{jobs[0].src}: {msg}'}", file=sys.stderr)
+            print(f"{prog}: error: {image_error(jobs[0].src, exc)}", file=sys.stderr)
             return 2
         skipped = []
     else:
@@ -326,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fatal=(WeightsNotAvailableError,), shard=args.shard,
             )
         except WeightsNotAvailableError as exc:  # no image can succeed: stop the run
-            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
             return 2
         finally:
             if ctx is not None:

@@ -69,9 +69,16 @@ def _append_line(path: Path, entry: dict) -> None:
         os.close(fd)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type when it has none): what the user is shown."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def image_error(src, exc: BaseException) -> str:
+    """One line for a failed image, naming its file."""
+    msg = one_line(exc)
+    return msg if str(src) in msg else f"{src}: {msg}"
 
 
 def run_jobs(
@@ -130,9 +137,7 @@ def run_jobs(
             except fatal:
                 raise
             except IMAGE_ERRORS as exc:
-                msg = _one_line(exc)
-                if str(job.src) not in msg:
-                    msg = f"{job.src}: {msg}"
+                msg = image_error(job.src, exc)
                 failures.append((i, str(job.src), msg))
                 entry |= {"status": "failed", "error": msg, "seconds": round(time.perf_counter() - start, 4)}
                 if on_error is not None:

@@ -137,12 +137,27 @@ def read_png16(source: str | os.PathLike | bytes) -> np.ndarray | None:
     return arr[..., 0] if planes == 1 else arr
 
 
+# Modes whose pixels are indices or single bits: `flatten_palette` turns them into real colours.
+PALETTE_MODES = ("P", "PA", "1")
+
+
+def flatten_palette(im):
+    """Palette → RGB (RGBA when it has transparency), palette+alpha → RGBA, 1-bit → L; else unchanged."""
+    if im.mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode == "PA":
+        return im.convert("RGBA")
+    if im.mode == "1":
+        return im.convert("L")
+    return im
+
+
 def _pixels(im, path: Path, meta: ImageMeta) -> np.ndarray:
     """Decoded Pillow image → the array family above (may fix ``meta.icc_profile``)."""
     from PIL import Image, ImageCms
 
     mode = im.mode
-    if im.format == "PNG" and mode not in ("P", "PA", "1"):
+    if im.format == "PNG" and mode not in PALETTE_MODES:
         arr16 = read_png16(path)
         if arr16 is not None:
             return arr16
@@ -156,12 +171,8 @@ def _pixels(im, path: Path, meta: ImageMeta) -> np.ndarray:
     if mode == "F":
         arr = np.nan_to_num(np.asarray(im).astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
         return (np.clip(arr, 0, 1) * 65535 + 0.5).astype(np.uint16)
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif mode == "PA":
-        im = im.convert("RGBA")
-    elif mode == "1":
-        im = im.convert("L")
+    if mode in PALETTE_MODES:
+        im = flatten_palette(im)
     elif mode == "CMYK":
         icc = meta.icc_profile
         converted = None
