@@ -261,29 +261,22 @@ def _run_timed(method: Method, lr: Tensor, device: torch.device) -> tuple[Tensor
     return sr.detach().float().cpu(), dict(stats), seconds
 
 
-def _image_metrics(sr: Tensor, hr: Tensor | None, border: int, grey: bool = False, lr: Tensor | None = None) -> dict[str, float]:
+def _image_metrics(sr: Tensor, hr: Tensor | None, border: int, grey: bool = False, hf_reference: Tensor | None = None) -> dict[str, float]:
     """All per-image metrics of a quantised SR against HR, on Y (`grey`: full-range grey) with `border` crop.
 
-    Without HR (no ground truth): NIQE, and the HF ratio against the bicubic upsampling of ``lr``.
+    Without HR (no ground truth) PSNR/SSIM are NaN. The HF ratio is against ``hf_reference``
+    (default HR; without HR, the bicubic upsampling of the input, made once per image).
     """
     h, w = sr.shape[-2] - 2 * border, sr.shape[-1] - 2 * border
-    if hr is None:
-        scale = sr.shape[-1] // lr.shape[-1]
-        return {
-            "psnr": math.nan,
-            "ssim": math.nan,
-            "niqe": niqe(sr, border) if min(h, w) >= NIQE_MIN_SIZE else math.nan,
-            "hf_ratio": hf_ratio(sr, quantize(bicubic_upscale(lr, scale).clamp(0, 1)), border),
-        }
     return {
-        "psnr": psnr_y(sr, hr, border, grey),
-        "ssim": ssim_y(sr, hr, border, grey),
+        "psnr": psnr_y(sr, hr, border, grey) if hr is not None else math.nan,
+        "ssim": ssim_y(sr, hr, border, grey) if hr is not None else math.nan,
         "niqe": niqe(sr, border) if min(h, w) >= NIQE_MIN_SIZE else math.nan,
-        "hf_ratio": hf_ratio(sr, hr, border),
+        "hf_ratio": hf_ratio(sr, hr if hf_reference is None else hf_reference, border),
     }
 
 
-def _metrics_one_thread(sr: Tensor, hr: Tensor | None, border: int, grey: bool, lr: Tensor | None = None) -> dict[str, float]:
+def _metrics_one_thread(sr: Tensor, hr: Tensor | None, border: int, grey: bool, hf_reference: Tensor | None = None) -> dict[str, float]:
     """`_image_metrics` with torch limited to one CPU thread.
 
     The metrics are many small float64 ops that gain nothing from intra-op threads;
@@ -293,7 +286,7 @@ def _metrics_one_thread(sr: Tensor, hr: Tensor | None, border: int, grey: bool, 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _image_metrics(sr, hr, border, grey, lr)
+        return _image_metrics(sr, hr, border, grey, hf_reference)
     finally:
         torch.set_num_threads(n)
 
@@ -341,13 +334,14 @@ def evaluate(
             hr, lr = _load_pair(path, scale, degradation, degradation_seed)
             grey = _is_single_channel_file(path) and hr is not None
             expected = (*lr.shape[:-2], lr.shape[-2] * scale, lr.shape[-1] * scale)
+            hf_reference = hr if hr is not None else quantize(bicubic_upscale(lr, scale).clamp(0, 1))
             for m in methods:
                 sr, stats, secs = _run_timed(runners[m], lr, device)
                 if tuple(sr.shape) != expected:
                     raise EvalError(f"method {m!r} returned {tuple(sr.shape)} for {path}, expected {expected}")
                 sr = quantize(sr.clamp(0, 1))
                 seconds[m] += secs
-                for k, v in _metrics_one_thread(sr, hr, scale, grey, lr).items():
+                for k, v in _metrics_one_thread(sr, hr, scale, grey, hf_reference).items():
                     per_image[m][k].append(v)
                 for k, v in stats.items():
                     counters[m][k] = counters[m].get(k, 0.0) + float(v)
