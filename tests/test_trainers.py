@@ -110,6 +110,25 @@ def test_texture_report_dense_pairs(photos, tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "encoder," in ln]
     assert len(lines) == 4 and all("top1=" in ln for ln in lines)
 
+    # --init: a fresh run starts from the given encoder (an exported one, or a memory's
+    # bundled one), so its step-0 EMA equals that encoder, not a random initialisation.
+    from patchscaler.models.rtm import ReferenceTextureMemory
+    from patchscaler.models.texture import load_texture_encoder
+
+    enc = load_texture_encoder(out / "enc.safetensors")
+    ReferenceTextureMemory(torch.randn(4, enc.config.key_dim), torch.randn(4, enc.config.value_tokens, enc.config.value_dim),
+                           torch.arange(4), enc).save(out / "mem.safetensors")
+    for src in (out / "enc.safetensors", out / "mem.safetensors"):
+        run = tmp_path / f"init_{src.stem}"
+        assert texture.main(["--data", str(photos), "--out", str(run), "--cache", str(out / "pool.pt"), "--grm-checkpoint",
+                             "bicubic", "--steps", "0", "--val-pairs", "8", "--threads", "1", "--init", str(src)]) == 0
+        ema = torch.load(run / "last.pt", weights_only=False)["ema"]
+        for k, v in enc.state_dict().items():
+            torch.testing.assert_close(ema[k].float(), v.float(), rtol=0, atol=1e-3, msg=k)
+    with pytest.raises(Exception, match="no bundled encoder"):
+        ReferenceTextureMemory(torch.randn(4, enc.config.key_dim), torch.randn(4, 1, enc.config.value_dim)).save(out / "bare.safetensors")
+        texture.initial_encoder(str(out / "bare.safetensors"))
+
 
 @pytest.mark.filterwarnings("ignore:using an untrained GRM")
 def test_latent_pairs_real_degradation(photos):

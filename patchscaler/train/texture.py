@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
+from patchscaler.checkpoints import read_metadata
 from patchscaler.train.patch_pairs import LatentPatchPairs, add_common_args, load_frozen_grm, open_pool, split_entries
 from patchscaler.models.texture import TextureEncoder, TextureEncoderConfig, load_texture_encoder, save_texture_encoder
 from patchscaler.train.common import (
@@ -63,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--init", default=None,
+                   help="start from this encoder (an exported encoder, or a texture memory file: its bundled "
+                        "encoder), e.g. patchscaler/weights/bicubic/rtm_x4.safetensors to fine-tune for another degradation")
     p.add_argument("--export", action="store_true", help="export OUT/last.pt's EMA encoder and exit")
     p.add_argument("--export-to", default=str(DEFAULT_EXPORT), help="where --export writes the EMA encoder (input of train.rtm)")
     p.add_argument("--report", action="store_true",
@@ -144,6 +148,18 @@ def retrieval_accuracy(encoder: TextureEncoder, y0: torch.Tensor, x0: torch.Tens
     }
 
 
+def initial_encoder(path: str) -> TextureEncoder:
+    """The encoder in ``path``: an exported encoder, or the one a texture memory bundles."""
+    from patchscaler.models.rtm import ReferenceTextureMemory
+
+    if read_metadata(path).get("format") == "patchscaler.TextureEncoder":
+        return load_texture_encoder(path)
+    memory = ReferenceTextureMemory.load(path)
+    if memory.encoder is None:
+        raise ValueError(f"--init {path}: this texture memory has no bundled encoder")
+    return memory.encoder.float()
+
+
 def export(a, log) -> None:
     ck = torch.load(Path(a.out) / "last.pt", map_location="cpu", weights_only=False)
     sd = {k: v.half() for k, v in ck["ema"].items()}
@@ -165,9 +181,13 @@ def train(a) -> None:
     device = torch.device(a.device)
 
     ck = load_last(a, log)
-    cfg = TextureEncoderConfig.from_dict(ck["config"]) if ck else TextureEncoderConfig()
+    init = initial_encoder(a.init) if ck is None and a.init is not None else None
+    cfg = TextureEncoderConfig.from_dict(ck["config"]) if ck else init.config if init is not None else TextureEncoderConfig()
     torch.manual_seed(a.seed)
     model = TextureEncoder(cfg).to(device)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+        log(f"initialised from {a.init} (a fresh optimiser and step count)")
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(a.seed)
