@@ -9,6 +9,12 @@ the input enlarged ×4 with nearest neighbour, Real-ESRGAN x4plus (ncnn, CPU,
 each shown whole (fitted to a common panel size, the zoomed region outlined), then the
 same region of each at ``--zoom`` (nearest, so the pixels are the methods' own).
 
+``--dandelions`` makes instead the picture that may live in the repository (RealSRSet's
+licence keeps its images out of it): a 512×512 crop of the CC0 dandelion photo (the
+README example's crop, `scripts/make_example.py`), degraded to 128×128 by the seeded
+real-world pipeline (`degrade_image(hr, "dandelions", --seed)`), with the HR crop as a
+fourth panel -> docs/realworld/dandelions_real_compare.png.
+
 ``--model`` is passed to `patchscaler.upscale` only if it takes a ``model`` parameter;
 the label says which model set ran. The panel layout follows
 `patchscaler.examples.compare` (dark sheet, label strip above each panel).
@@ -80,7 +86,17 @@ def _row(panels: list[Image.Image]) -> Image.Image:
     return row
 
 
-def picture(names: list[str], output: Path, model: str | None, threads: int, zoom: int) -> Path:
+def dandelions_input(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LR, HR): the README example's CC0 crop and its seeded real-world degradation."""
+    from make_example import CROP_LEFT, CROP_SIZE, CROP_TOP, DEFAULT_PHOTO
+    from patchscaler.data.degradations import degrade_image
+
+    hr = load_image(DEFAULT_PHOTO)[:, CROP_TOP:CROP_TOP + CROP_SIZE, CROP_LEFT:CROP_LEFT + CROP_SIZE].contiguous()
+    return degrade_image(hr, "dandelions", seed), hr
+
+
+def picture(names: list[str], output: Path, model: str | None, threads: int, zoom: int,
+            dandelions_seed: int | None = None) -> Path:
     from realesrgan_ncnn import RealESRGAN
 
     torch.set_num_threads(threads)
@@ -93,8 +109,11 @@ def picture(names: list[str], output: Path, model: str | None, threads: int, zoo
         raise SystemExit(f"--model {model!r}: this patchscaler.upscale has no `model` parameter")
     net = RealESRGAN(threads=threads, tile=512)
     rows = []
-    for name in names:
-        lr = load_image(REALSRSET / name)
+    jobs = [(name, load_image(REALSRSET / name), None) for name in names]
+    if dandelions_seed is not None:
+        lr, hr = dandelions_input(dandelions_seed)
+        jobs = [(f"CC0 dandelions, real degradation seed {dandelions_seed}", lr, hr)]
+    for name, lr, hr in jobs:
         region = REGIONS.get(name)
         if region is None:  # default: the centre quarter of the output
             h, w = 4 * lr.shape[-2], 4 * lr.shape[-1]
@@ -107,7 +126,7 @@ def picture(names: list[str], output: Path, model: str | None, threads: int, zoo
             (_to_pil(nearest), f"{name} input {lr.shape[-1]}x{lr.shape[-2]} (nearest x4)"),
             (_to_pil(esr), "Real-ESRGAN x4plus"),
             (_to_pil(ps), f"PatchScaler PGS ({model_label}, {groups.evaluations} patch-steps)"),
-        ]
+        ] + ([(_to_pil(hr), "HR (ground truth)")] if hr is not None else [])
         rows.append(_row([_whole(im, region, label) for im, label in imgs]
                          + [_zoom(im, region, zoom, f"zoom x{zoom}") for im, _ in imgs]))
         print(f"{name}: done", flush=True)
@@ -128,8 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="patchscaler model set (if upscale() takes `model`)")
     p.add_argument("--threads", type=int, default=1, help="torch and ncnn threads (1: 2 oversubscribe a shared 2-core machine)")
     p.add_argument("--zoom", type=int, default=2)
+    p.add_argument("--dandelions", action="store_true", help="the CC0 dandelion crop, degraded (see above), instead of RealSRSet")
+    p.add_argument("--seed", type=int, default=0, help="degradation seed of --dandelions")
     a = p.parse_args(argv)
-    print(f"wrote {picture(a.images, a.output, a.model, a.threads, a.zoom)}")
+    output = a.output
+    if a.dandelions and output == DEFAULT_OUTPUT:
+        output = DEFAULT_OUTPUT.with_name("dandelions_real_compare.png")
+    print(f"wrote {picture(a.images, output, a.model, a.threads, a.zoom, a.seed if a.dandelions else None)}")
     return 0
 
 
