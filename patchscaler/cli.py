@@ -284,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             height=args.height,
         )
         write_image_array(out, job.dst, meta)
+        if gmap.fp32_evaluations:
+            (tqdm.write if folder else print)(
+                f"{prog}: warning: {job.src}: {gmap.fp32_evaluations} of {gmap.evaluations} DiT patch-evaluations "
+                "overflowed in half precision and were recomputed in float32", file=sys.stderr)
         if job.groups is not None:
             _groups_picture(out, gmap, job.groups)
         return {

@@ -34,6 +34,8 @@ class GroupMap:
     group_pixels: ``[h, w]`` int64 group of the patch that weighs most at each LR
         pixel (−1 for "none"): the picture `patchscaler.visualize` draws.
     group_names: names of the groups, easy → hard.
+    fp32_evaluations: of this image's patch-evaluations, how many were recomputed in
+        float32 because the half-precision DiT's output had a NaN/Inf (0 in float32).
     """
 
     sampler: str
@@ -46,6 +48,7 @@ class GroupMap:
     confidence: Tensor
     group_pixels: Tensor
     group_names: tuple[str, ...] = GROUP_NAMES
+    fp32_evaluations: int = 0
 
     @property
     def sampled(self) -> bool:
@@ -74,6 +77,7 @@ class GroupMap:
                 for g, name in enumerate(self.group_names)
             }
             out["uniform_evaluations"] = int(self.steps.max()) * int(self.steps.numel()) if self.steps.numel() else 0
+            out["fp32_evaluations"] = self.fp32_evaluations
         return out
 
 

@@ -256,6 +256,7 @@ class PatchScalerPipeline:
         """Blend (if sampled), decode and package the unit's images."""
         B, _, h, w = unit.y0.shape
         plan, out, n = unit.plan, unit.sampled, unit.plan.num_patches
+        fp32 = out.fp32_steps if out is not None and out.fp32_steps is not None else torch.zeros(B * n, dtype=torch.long)
         if out is not None:
             latent = plan.merge(out.x0.float().contiguous(), self.window)
             group, steps = out.group.long().cpu(), out.steps.long().cpu()
@@ -280,6 +281,7 @@ class PatchScalerPipeline:
                 steps=steps[sl],
                 confidence=unit.conf[i].float().cpu(),
                 group_pixels=gpx[i],
+                fp32_evaluations=int(fp32[sl].sum()),
             )
             results.append((hr[i], gmap))
         return results

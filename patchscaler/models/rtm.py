@@ -114,12 +114,20 @@ class ReferenceTextureMemory(nn.Module):
 
         Encodes the queries with the memory's own encoder, retrieves, looks up values.
         """
+        scores, idx = self.search(y0, k, exclude_image_ids)
+        return self.lookup(idx), scores
+
+    @torch.no_grad()
+    def search(
+        self, y0: Tensor, k: int, exclude_image_ids: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """`query` without the value lookup: ``y0 [P,48,h,w]`` → ``(scores [P,k] float32, idx [P,k] int64)``
+        (`lookup` turns ``idx`` into the values)."""
         if self.encoder is None:
             raise ValueError("this memory was built without its texture encoder; pass query keys to retrieve()")
         enc_dtype = next(self.encoder.parameters()).dtype
         keys = self.encoder(y0.to(enc_dtype))
-        scores, idx = self.retrieve(keys, k, exclude_image_ids)
-        return self.lookup(idx), scores
+        return self.retrieve(keys, k, exclude_image_ids)
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None, half: bool = True) -> None:
         """Write keys, values, image ids and the encoder (fp16 floats if ``half``) as safetensors."""

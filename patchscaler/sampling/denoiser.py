@@ -14,13 +14,20 @@ and carries the diffusion schedule it was trained with: ``alphas_cumprod [T]`` f
 and its ``schedule`` name (the DiT's, from its weights' metadata). The samplers use that
 table; they never rebuild one.
 
+Optionally, a denoiser whose model runs in half precision also has ``dtype`` and
+``full_precision(y_t, t, cond)``: the same call computed in float32. The samplers call it
+for a chunk whose half-precision output is not finite (fp16 overflows above 65504), so
+half precision never turns a patch into NaN (black) output.
+
 The samplers know nothing else about the model, which keeps them testable with an
 analytic stand-in (tests/test_pgs.py uses an oracle that knows x0).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import copy
+import threading
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -47,12 +54,28 @@ class DiTDenoiser:
 
     Without a memory (``rtm=None``) the DiT gets its learned "no reference" prompt.
     ``condition`` runs in chunks of ``chunk`` patches to bound memory.
+
+    ``full_precision``: makes the float32 twin of a half-precision ``dit`` (e.g. by
+    reloading its file); default: a float32 copy of ``dit``. Called at most once, on the
+    first chunk that needs it (`float32_dit`), and kept: the twin costs memory only
+    where half precision actually overflowed.
+
+    Thread-safe: calls only read the modules, and the twin is built under a lock.
     """
 
-    def __init__(self, dit: PatchDiT, rtm: ReferenceTextureMemory | None = None, chunk: int = 512):
+    def __init__(
+        self,
+        dit: PatchDiT,
+        rtm: ReferenceTextureMemory | None = None,
+        chunk: int = 512,
+        full_precision: Callable[[], PatchDiT] | None = None,
+    ):
         self.dit = dit
         self.rtm = rtm
         self.chunk = chunk
+        self._make_float32 = full_precision
+        self._dit32: PatchDiT | None = dit if self.dtype == torch.float32 else None
+        self._dit32_lock = threading.Lock()
         if rtm is not None and tuple(rtm.value_shape) != (dit.config.value_tokens, dit.config.value_dim):
             raise ValueError(
                 f"RTM value tokens {rtm.value_shape} do not match the DiT's "
@@ -71,28 +94,64 @@ class DiTDenoiser:
     def alphas_cumprod(self) -> Tensor:
         return self.dit.alphas_cumprod
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The DiT's parameter dtype (what it computes in)."""
+        return self.dit.patch_embed.weight.dtype
+
+    def float32_dit(self) -> PatchDiT:
+        """The DiT in float32: ``dit`` itself when it is float32, else its twin, made once."""
+        dit = self._dit32
+        if dit is None:
+            with self._dit32_lock:
+                if self._dit32 is None:
+                    made = self._make_float32() if self._make_float32 is not None else copy.deepcopy(self.dit)
+                    self._dit32 = made.float().eval().requires_grad_(False)
+                dit = self._dit32
+        return dit
+
     @classmethod
     def from_pretrained(
         cls, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *, model: str | None = None
     ) -> "DiTDenoiser":
-        """Model set ``model``'s DiT (required) and texture memory (used when the set has one)."""
+        """Model set ``model``'s DiT (required) and texture memory (used when the set has one).
+        A half-precision DiT's float32 twin is read from the same file when first needed."""
         dit = load_dit(device=device, dtype=dtype, model=model)
         rtm = load_rtm(device=device, model=model) if weights_file("rtm", model).is_file() else None
-        return cls(dit, rtm)
+        return cls(dit, rtm, full_precision=lambda: load_dit(device=device, dtype=torch.float32, model=model))
 
     @torch.no_grad()
     def condition(self, y0: Tensor) -> dict[str, Tensor]:
-        """``y0 [P,C,h,w]`` → ``{"y0": y0, "prompt": [P, L, width]}``."""
-        prompts = []
+        """``y0 [P,C,h,w]`` → ``{"y0": y0, "prompt": [P, L, width]}``, and with a memory the
+        retrieval it came from, ``"rtm_scores" [P,K]`` and ``"rtm_index" [P,K]`` (so
+        `full_precision` can encode the prompt again in float32)."""
+        prompts, scores, index = [], [], []
         k = self.dit.config.top_k
         for y in y0.split(self.chunk):
             if self.rtm is not None:
-                values, scores = self.rtm.query(y, min(k, len(self.rtm)))
-                prompts.append(self.dit.encode_prompt(values, scores))
+                s, i = self.rtm.search(y, min(k, len(self.rtm)))
+                prompts.append(self.dit.encode_prompt(self.rtm.lookup(i), s))
+                scores.append(s)
+                index.append(i)
             else:
                 prompts.append(self.dit.encode_prompt(None, None, batch=y.shape[0]))
-        return {"y0": y0, "prompt": torch.cat(prompts) if prompts else y0.new_zeros(0, 0, self.dit.config.width)}
+        cond = {"y0": y0, "prompt": torch.cat(prompts) if prompts else y0.new_zeros(0, 0, self.dit.config.width)}
+        if self.rtm is not None:
+            cond["rtm_scores"] = torch.cat(scores) if scores else y0.new_zeros(0, 0)
+            cond["rtm_index"] = torch.cat(index) if index else torch.zeros(0, 0, dtype=torch.long, device=y0.device)
+        return cond
 
     @torch.no_grad()
     def __call__(self, y_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
         return self.dit(y_t, t, cond["y0"], cond["prompt"])
+
+    @torch.no_grad()
+    def full_precision(self, y_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """`__call__` computed in float32 from the start: the prompt is encoded again from the
+        retrieval by the float32 DiT (a half-precision prompt may itself have overflowed)."""
+        dit = self.float32_dit()
+        if self.rtm is not None:
+            prompt = dit.encode_prompt(self.rtm.lookup(cond["rtm_index"]), cond["rtm_scores"])
+        else:
+            prompt = dit.encode_prompt(None, None, batch=y_t.shape[0])
+        return dit(y_t, t, cond["y0"], prompt)

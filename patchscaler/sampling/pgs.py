@@ -16,6 +16,14 @@ of at most ``max_batch_patches``, the denoiser runs once per chunk, and
 `group_denoise_step` applies each patch's own DDIM update (its own ``t`` and
 ``t_next``) in place in the state of all patches. Total work is
 ``Σ_g |G_g|·N_g`` patch-evaluations, against ``P·N_3`` for `UniformSampler`.
+
+Half precision: with a denoiser in fp16/bf16 that offers ``full_precision`` (see
+`patchscaler.sampling.denoiser`), every chunk's output is checked for NaN/Inf and a
+chunk that has one is run again in float32 before its step is applied; `PGSOutput`
+counts those reruns, per call and per patch.
+
+A sampler holds no state of a call, so one sampler may be called from several threads
+at once.
 """
 
 from __future__ import annotations
@@ -150,6 +158,9 @@ class PGSOutput:
     1 medium, 2 hard); steps: ``[P]`` int64 DDIM steps taken per patch;
     evaluations: patch-evaluations of the denoiser actually run (= steps.sum());
     dit_calls: denoiser forward calls (chunks); iterations: global loop iterations.
+    fp32_reruns: chunks whose half-precision output had a NaN/Inf and were run again in
+        float32 (0 for a float32 denoiser); fp32_steps: ``[P]`` int64 (CPU), how many of
+        each patch's steps came from such a rerun (None: zeros).
     """
 
     x0: Tensor
@@ -158,16 +169,26 @@ class PGSOutput:
     evaluations: int
     dit_calls: int
     iterations: int
+    fp32_reruns: int = 0
+    fp32_steps: Tensor | None = None
 
     def __iter__(self) -> Iterator[Tensor]:
         return iter((self.x0, self.group, self.steps))
 
+    @property
+    def fp32_evaluations(self) -> int:
+        """Patch-evaluations recomputed in float32 (Σ ``fp32_steps``)."""
+        return int(self.fp32_steps.sum()) if self.fp32_steps is not None else 0
+
     def part(self, start: int, stop: int) -> "PGSOutput":
-        """Patches ``start:stop`` (e.g. one image's); ``evaluations`` counts theirs,
-        ``dit_calls`` and ``iterations`` stay the whole call's."""
+        """Patches ``start:stop`` (e.g. one image's); ``evaluations`` and ``fp32_steps``
+        are theirs, ``dit_calls``, ``iterations`` and ``fp32_reruns`` stay the whole call's."""
         sl = slice(start, stop)
         steps = self.steps[sl]
-        return PGSOutput(self.x0[sl], self.group[sl], steps, int(steps.sum()), self.dit_calls, self.iterations)
+        fp32 = self.fp32_steps[sl] if self.fp32_steps is not None else None
+        return PGSOutput(
+            self.x0[sl], self.group[sl], steps, int(steps.sum()), self.dit_calls, self.iterations, self.fp32_reruns, fp32
+        )
 
 
 def assign_groups(qmap: Tensor, gammas: tuple[float, float]) -> Tensor:
@@ -240,10 +261,15 @@ class PGSSampler:
     position in the call: pass per-patch seeds for batch-independent results);
     generators: instead of seeds, one `torch.Generator` per patch.
     progress: called with the number of patch-evaluations after each denoiser call.
+
+    ``fp32_fallback`` (default True): with a half-precision denoiser that has
+    ``full_precision``, a chunk with a non-finite output is run again in float32 (module
+    docstring); this costs one device→host read of a flag per chunk. False: no check.
     """
 
-    def __init__(self, denoiser: PatchDenoiser, config: PGSConfig | None = None):
+    def __init__(self, denoiser: PatchDenoiser, config: PGSConfig | None = None, *, fp32_fallback: bool = True):
         self.denoiser = denoiser
+        self.fp32_fallback = fp32_fallback
         self.config = config = config if config is not None else PGSConfig()
         if config.prediction is not None and config.prediction != denoiser.prediction:
             raise ValueError(f"config wants prediction {config.prediction!r}, the denoiser makes {denoiser.prediction!r}")
@@ -291,7 +317,7 @@ class PGSSampler:
         t_start, n_steps, table = self._timestep_table(device)
         steps = n_steps[group]
         if P == 0:
-            return PGSOutput(y0_patches.float().clone(), group, steps, 0, 0, 0)
+            return PGSOutput(y0_patches.float().clone(), group, steps, 0, 0, 0, 0, torch.zeros(0, dtype=torch.long))
 
         if generators is None and (seeds is None or isinstance(seeds, int)):
             seeds = derive_seeds(seeds or 0, torch.arange(P)[:, None])
@@ -309,10 +335,13 @@ class PGSSampler:
         prediction = self.denoiser.prediction
         clip = self.config.clip_x0
 
-        evaluations = dit_calls = 0
+        evaluations = dit_calls = fp32_reruns = 0
+        guard = self._half_precision_guard()
+        fp32_steps = torch.zeros(P, dtype=torch.long)
         # The schedule of the whole call is known now: one read-back of the step counts,
         # then the active sets are cut on the host and the steps run without any
-        # device→host transfer (indices and timesteps come from these tables).
+        # device→host transfer (indices and timesteps come from these tables), except
+        # the finite check of a half-precision chunk.
         steps_host = steps.cpu()
         iterations = int(steps_host.max())
         for j in range(iterations):
@@ -321,13 +350,35 @@ class PGSSampler:
                 idx = idx_host.to(device, non_blocking=True)
                 g = group[idx]
                 t, t_next = table[g, j], table[g, j + 1]
-                out = self.denoiser(x_all[idx], t, {k: v[idx] for k, v in cond.items()})
+                x, c = x_all[idx], {k: v[idx] for k, v in cond.items()}
+                out = self.denoiser(x, t, c)
+                if guard and not bool(torch.isfinite(out).all()):
+                    out = self._rerun_fp32(x, t, c)
+                    fp32_reruns += 1
+                    fp32_steps[idx_host] += 1
                 group_denoise_step_trusted(x_all, out, idx, t, t_next, ac, prediction, clip)
                 evaluations += idx.numel()
                 dit_calls += 1
                 if progress is not None:
                     progress(idx.numel())
-        return PGSOutput(x_all, group, steps, evaluations, dit_calls, iterations)
+        return PGSOutput(x_all, group, steps, evaluations, dit_calls, iterations, fp32_reruns, fp32_steps)
+
+    def _half_precision_guard(self) -> bool:
+        """Whether chunks are checked: a half-precision denoiser that can compute in float32."""
+        d = self.denoiser
+        return (
+            self.fp32_fallback
+            and callable(getattr(d, "full_precision", None))
+            and getattr(d, "dtype", torch.float32) in (torch.float16, torch.bfloat16)
+        )
+
+    def _rerun_fp32(self, x: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        out = self.denoiser.full_precision(x, t, cond)
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(
+                "the Patch-DiT's output is not finite even in float32 (broken weights or input?)"
+            )
+        return out
 
 
 class UniformSampler(PGSSampler):
