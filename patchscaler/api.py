@@ -267,7 +267,15 @@ def _from_numpy(a: np.ndarray, name: str) -> _Item:
 
 def _from_pil(im: Any, name: str) -> _Item:
     """PIL image → item; the output has the same mode (palette and 1-bit images come
-    back as RGB(A)/L, CMYK and other colour spaces as RGB, 32-bit "I"/"F" as such)."""
+    back as RGB(A)/L, CMYK and other colour spaces as RGB, 32-bit "I"/"F" as such) and
+    the input's ICC profile and EXIF in ``info`` (`image_files.keep_pil_info`)."""
+    from patchscaler.image_files import keep_pil_info
+
+    item = _from_pil_pixels(im, name)
+    return _Item(item.rgb, item.alpha, lambda hr, a: keep_pil_info(im, item.restore(hr, a)))
+
+
+def _from_pil_pixels(im: Any, name: str) -> _Item:
     from PIL import Image
 
     from patchscaler.image_files import PALETTE_MODES, flatten_palette

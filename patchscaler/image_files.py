@@ -14,6 +14,8 @@ keep, write so that a failure never leaves a half-written file.
   output), the EXIF block with its orientation reset to 1 (the pixels are already
   upright), and PNG text chunks; :func:`write_image` puts them back where the output
   format can hold them (ICC/EXIF: PNG, JPEG, WebP, TIFF; text: PNG).
+* **PIL images** given to ``upscale()`` come back with their ICC profile and EXIF in
+  ``info`` (:func:`keep_pil_info`); their pixels are not rotated, so the EXIF is kept as is.
 * **Writing** (:func:`write_image`): to a temporary name in the destination folder,
   then renamed over the destination, so an interrupted or failed write leaves no
   partial file (and an existing output is either the old or the new one).
@@ -34,7 +36,10 @@ import numpy as np
 __all__ = [
     "ImageMeta",
     "ImageTooLargeError",
+    "apply_orientation",
     "atomic_write",
+    "exif_orientation",
+    "keep_pil_info",
     "read_image",
     "read_png16",
     "write_image",
@@ -93,7 +98,16 @@ def _srgb_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+def exif_orientation(im) -> int:
+    """The EXIF orientation (1..8) of an open Pillow image; 1 when it has none or an invalid one."""
+    try:
+        orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (1..8) to ``[H, W, ...]`` (what ``ImageOps.exif_transpose`` does)."""
     if orientation == 2:
         arr = arr[:, ::-1]
@@ -238,9 +252,7 @@ def read_image(
             im.load()
             meta.icc_profile = im.info.get("icc_profile") or None
             exif = im.getexif()
-            orientation = int(exif.get(_ORIENTATION, 1) or 1)
-            if orientation not in range(1, 9):
-                orientation = 1
+            orientation = exif_orientation(im)
             if len(exif):
                 if _ORIENTATION in exif:
                     exif[_ORIENTATION] = 1
@@ -262,7 +274,21 @@ def read_image(
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     if meta.icc_profile is not None and not _fits(meta.icc_profile, channels):
         meta.icc_profile = None  # a profile for another colour space would mislabel the output
-    return _orient(arr, orientation), meta
+    return apply_orientation(arr, orientation), meta
+
+
+def keep_pil_info(src, out):
+    """Copy what ``upscale()``'s PIL output keeps from its PIL input ``src`` into
+    ``out.info``: the ICC profile (when its colour space fits ``out``'s mode) and the EXIF
+    block, unchanged (the pixels keep the input's stored orientation, so its orientation
+    tag still describes them). Returns ``out``."""
+    icc = src.info.get("icc_profile") or None
+    if icc and _fits(icc, len(out.getbands())):
+        out.info["icc_profile"] = icc
+    exif = src.getexif()
+    if len(exif):
+        out.info["exif"] = exif.tobytes()
+    return out
 
 
 # ------------------------------------------------------------------------------ writing

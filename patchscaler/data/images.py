@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from patchscaler.image_files import read_png16
+from patchscaler.image_files import apply_orientation, exif_orientation, read_png16
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image", "save_image", "list_images", "modcrop", "to_uint8"]
 
@@ -21,7 +21,8 @@ def load_image(path: str | os.PathLike) -> Tensor:
     """Read an image file as ``float32 [3, H, W]`` in [0, 1].
 
     Greyscale is repeated to RGB, alpha is dropped, palette images are expanded,
-    16-bit files keep their full precision (divided by 65535).
+    16-bit files keep their full precision (divided by 65535), and the EXIF orientation
+    is applied (the tensor is upright, as a viewer shows the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -29,6 +30,7 @@ def load_image(path: str | os.PathLike) -> Tensor:
     try:
         with Image.open(path) as im:
             im.load()
+            orientation = exif_orientation(im)
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im).astype(np.float64)
@@ -48,7 +50,7 @@ def load_image(path: str | os.PathLike) -> Tensor:
                     arr = np.asarray(im).astype(np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise OSError(f"cannot read image {path}: {e}") from e
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(apply_orientation(arr, orientation)).permute(2, 0, 1).contiguous()
 
 
 def to_uint8(img: Tensor) -> np.ndarray:
