@@ -81,6 +81,13 @@ def test_train_resume_export_init(photos, tmp_path):
     assert ck["step"] == 1 and ck["config"]["width"] == 32  # the weights' config wins over --width
     moved = sum(float((ck["model"][k] - v).abs().sum()) for k, v in model.state_dict().items())
     assert 0 < moved < 1e3  # one small optimiser step away from the initial weights, not a new model
+    assert ck["config"]["anchor_sigma"] == model.config.anchor_sigma  # σ of the init model by default
+
+    # --init with --anchor-sigma (a new degradation): the weights carry over, σ is replaced.
+    resig = tmp_path / "resig"
+    assert train_dit.main(_args(photos, resig, "--steps", "1", "--init", str(exported), "--anchor-sigma", "0.321")) == 0
+    ck = torch.load(resig / "last.pt", weights_only=False)
+    assert ck["config"]["anchor_sigma"] == 0.321 and ck["config"]["width"] == 32
 
 
 @pytest.mark.filterwarnings("ignore:using an untrained GRM")
@@ -195,3 +202,21 @@ def test_dit_ddp_two_gloo_ranks_match_one_process(photos, tmp_path):
         assert torch.equal(states[0][k], states[1][k]), k
         torch.testing.assert_close(states[0][k], ref[k], atol=1e-5, rtol=1e-4)
     assert torch.load(tmp_path / "two" / "last.pt", weights_only=False)["step"] == 2
+
+
+@pytest.mark.parametrize("degradation", ["bicubic", "real"])
+def test_trainer_weights_defaults_follow_the_degradation(degradation):
+    """Each diffusion-side trainer reads and writes the model set named by its
+    --degradation (not `DEFAULT_MODEL`), and a path given on the command line wins."""
+    from patchscaler.checkpoints import weights_file
+    from patchscaler.train import calibrate_pgs, dit, rtm, texture
+
+    set_file = {c: str(weights_file(c, degradation)) for c in ("grm", "rtm", "dit", "pgs")}
+    a = dit.parse_args(["--degradation", degradation])
+    assert (a.grm_checkpoint, a.rtm, a.export_to) == (set_file["grm"], set_file["rtm"], set_file["dit"])
+    a = calibrate_pgs.parse_args(["--degradation", degradation])
+    assert (a.grm_checkpoint, a.dit, a.rtm, a.export_to) == (
+        set_file["grm"], set_file["dit"], set_file["rtm"], set_file["pgs"])
+    assert texture.parse_args(["--degradation", degradation]).grm_checkpoint == set_file["grm"]
+    assert rtm.parse_args(["--degradation", degradation]).export_to == set_file["rtm"]
+    assert dit.parse_args(["--degradation", degradation, "--rtm", "none"]).rtm == "none"

@@ -46,12 +46,12 @@ from patchscaler.train.patch_pairs import (
     add_common_args,
     load_frozen_grm,
     open_pool,
+    set_weights_defaults,
     split_entries,
 )
 from patchscaler.metrics.hf_ratio import hf_energy
 from patchscaler.train.common import RunControl, RunLog
 from patchscaler.metrics.ycbcr import y_channel
-from patchscaler.checkpoints import weights_file
 from patchscaler.models.dit import load_dit
 from patchscaler.models.rtm import load_rtm
 from patchscaler.sampling.denoiser import DiTDenoiser
@@ -74,9 +74,10 @@ DEFAULT_GRIDS = (
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m patchscaler.train.calibrate_pgs", description=__doc__.split("\n")[0])
     add_common_args(p, "runs/calibrate_pgs")
-    p.add_argument("--grm-checkpoint", default=None, help="GRM .pt/.safetensors (default: packaged weights; 'bicubic' for smoke tests)")
-    p.add_argument("--dit", default=str(weights_file("dit")))
-    p.add_argument("--rtm", default=str(weights_file("rtm")), help="texture memory; 'none' for the no-reference prompt")
+    p.add_argument("--grm-checkpoint", default=None,
+                   help="GRM .pt/.safetensors (default: the --degradation model set's; 'bicubic' for smoke tests)")
+    p.add_argument("--dit", default=None, help="Patch-DiT (default: the --degradation model set's)")
+    p.add_argument("--rtm", default=None, help="texture memory (default: the --degradation model set's); 'none' for the no-reference prompt")
     p.add_argument("--crops", type=int, default=160, help="held-out LR crops (4 patches each at the default sizes)")
     p.add_argument("--lr-crop", type=int, default=48)
     p.add_argument("--fractions", default="0.5,0.38,0.12",
@@ -90,8 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=0.05, help="dB of mean score below the best still accepted (then the cheapest wins)")
     p.add_argument("--budget", type=float, default=0.3, help="largest share of the uniform sampler's evaluations PGS may spend")
     p.add_argument("--batch", type=int, default=256, help="max patches per DiT call")
-    p.add_argument("--export-to", default=str(weights_file("pgs")))
-    return p.parse_args(argv)
+    p.add_argument("--export-to", default=None, help="default: the --degradation model set's pgs_config.json")
+    a = p.parse_args(argv)
+    set_weights_defaults(a, grm_checkpoint="grm", dit="dit", rtm="rtm", export_to="pgs")
+    return a
 
 
 def _grid(spec: str) -> list[tuple[int, int]]:

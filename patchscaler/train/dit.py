@@ -38,8 +38,14 @@ import torch.nn.functional as F
 
 import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.diffusion.schedule import make_alphas_cumprod
-from patchscaler.train.patch_pairs import LatentPatchPairs, add_common_args, load_frozen_grm, open_pool, split_entries
-from patchscaler.checkpoints import weights_file
+from patchscaler.train.patch_pairs import (
+    LatentPatchPairs,
+    add_common_args,
+    load_frozen_grm,
+    open_pool,
+    set_weights_defaults,
+    split_entries,
+)
 from patchscaler.models.dit import PatchDiT, PatchDiTConfig, save_dit
 from patchscaler.models.rtm import load_rtm
 from patchscaler.sampling.pgs import PGSConfig
@@ -62,13 +68,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     pgs = PGSConfig()  # SPEC §2's groups: the calibrated pgs_config.json is made from this DiT, later
     p = argparse.ArgumentParser(prog="python -m patchscaler.train.dit", description=__doc__.split("\n")[0])
     add_common_args(p, "runs/dit")
-    p.add_argument("--grm-checkpoint", default=None, help="GRM .pt/.safetensors (default: packaged weights; 'bicubic' for smoke tests)")
-    p.add_argument("--rtm", default=str(weights_file("rtm")), help="texture memory; 'none' trains without references")
+    p.add_argument("--grm-checkpoint", default=None,
+                   help="GRM .pt/.safetensors (default: the --degradation model set's; 'bicubic' for smoke tests)")
+    p.add_argument("--rtm", default=None, help="texture memory (default: the --degradation model set's); 'none' trains without references")
     p.add_argument("--width", type=int, default=PatchDiTConfig.width)
     p.add_argument("--depth", type=int, default=PatchDiTConfig.depth)
     p.add_argument("--heads", type=int, default=PatchDiTConfig.heads)
     p.add_argument("--prediction", choices=["v", "eps"], default="v")
-    p.add_argument("--anchor-sigma", default="auto", help="σ of the preconditioning around y0: a number, 'auto' or 'none'")
+    p.add_argument("--anchor-sigma", default=None,
+                   help="σ of the preconditioning around y0: a number, 'auto' (RMS of x0 - y0 on the held-out "
+                        "patches) or 'none'; default 'auto' for a new model, the --init model's own σ with --init "
+                        "(give it to re-measure σ for a new degradation: the net's target then keeps unit scale)")
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--t-max", type=int, default=pgs.groups[-1][0], help="largest training timestep (T3)")
     p.add_argument("--steps", type=int, default=200_000)
@@ -86,8 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="start a new run from exported weights (e.g. the shipped dit_x4.safetensors): "
                         "its config and weights, a fresh optimiser; ignored when --resume finds a checkpoint")
     p.add_argument("--export", action="store_true", help="export OUT/last.pt's EMA weights and exit")
-    p.add_argument("--export-to", default=str(weights_file("dit")))
-    return p.parse_args(argv)
+    p.add_argument("--export-to", default=None, help="default: the --degradation model set's dit_x4.safetensors")
+    a = p.parse_args(argv)
+    set_weights_defaults(a, grm_checkpoint="grm", rtm="rtm", export_to="dit")
+    return a
 
 
 class PromptSource:
@@ -172,13 +184,21 @@ def train(a):
     val = held.sample(-(-a.val_patches // held.per_crop), vgen)
     val["eps"] = torch.randn(val["x0"].shape, generator=vgen).to(device)
 
-    if cfg is None:
-        n_tok, v_dim = rtm.value_shape if rtm is not None else (4, 128)
-        if a.anchor_sigma == "auto":
+    def anchor_sigma() -> float | None:
+        if (a.anchor_sigma or "auto") == "auto":
             sigma = round(float((val["x0"] - val["y0"]).square().mean().sqrt()), 4)
             log(f"anchor_sigma = RMS(x0 - y0) on {val['x0'].shape[0]} held-out patches = {sigma}")
-        else:
-            sigma = None if a.anchor_sigma == "none" else float(a.anchor_sigma)
+            return sigma
+        return None if a.anchor_sigma == "none" else float(a.anchor_sigma)
+
+    if cfg is not None and ck is None and a.anchor_sigma is not None:
+        # --init for another degradation: its y0 is farther from x0, so σ is measured anew
+        # (the preconditioning is a formula of σ; the net's weights carry over).
+        log(f"anchor_sigma of {a.init}: {cfg.anchor_sigma}")
+        cfg = PatchDiTConfig.from_dict(cfg.to_dict() | {"anchor_sigma": anchor_sigma()})
+    if cfg is None:
+        n_tok, v_dim = rtm.value_shape if rtm is not None else (4, 128)
+        sigma = anchor_sigma()
         cfg = PatchDiTConfig(
             width=a.width, depth=a.depth, heads=a.heads, prediction=a.prediction, anchor_sigma=sigma,
             top_k=a.top_k, value_tokens=n_tok, value_dim=v_dim,

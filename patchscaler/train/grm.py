@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--export", action="store_true", help="export the EMA weights of a checkpoint and exit")
     p.add_argument("--evaluate", action="store_true", help="print val metrics of a checkpoint's EMA weights and exit")
     p.add_argument("--export-from", default="best", choices=["best", "last"], help="checkpoint to export/evaluate")
-    p.add_argument("--export-to", default=None, help="safetensors path (default: the package's weights)")
+    p.add_argument("--export-to", default=None, help="safetensors path (default: the packaged model set named for the run's degradation)")
     p.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step; schedule unchanged")
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--channels", type=int, default=48)
@@ -161,8 +161,6 @@ def export(a: argparse.Namespace, log) -> Path:
     model = GRM(cfg)
     model.load_state_dict(ck["ema"])
     degradation = ck.get("args", {}).get("degradation", "bicubic")
-    if degradation != "bicubic" and not a.export_to:
-        raise SystemExit(f"this run trained on {degradation!r} degradations: name the file with --export-to")
     val = load_val_sets(a.val_root, a.val_sets, cfg.scale, degradation)
     r32 = validate(model, val, cfg.scale)
     half = GRM(cfg)
@@ -171,7 +169,7 @@ def export(a: argparse.Namespace, log) -> Path:
     worst = max((abs(r32[k] - r16[k]) for k in val), default=0.0)
     use_fp16 = worst < 0.01
     state = {k: (v.half() if use_fp16 else v.float()).contiguous() for k, v in ck["ema"].items()}
-    dst = Path(a.export_to) if a.export_to else weights_file("grm", "bicubic")
+    dst = Path(a.export_to) if a.export_to else weights_file("grm", degradation)  # the set named for the run's degradation
     meta = {
         "step": ck["step"],
         "checkpoint": str(ck_path),

@@ -57,6 +57,19 @@ def add_common_args(p, out_default: str) -> None:
     )
 
 
+def set_weights_defaults(a, **components: str) -> None:
+    """Fill each argument left ``None`` in ``components`` (argument name → weights
+    component, e.g. ``rtm="rtm"``) with that component's file in the model set named by
+    ``a.degradation``: a model set is named for the degradation it is trained on, so a
+    ``--degradation real`` run reads and writes the ``real`` set and a bicubic run the
+    ``bicubic`` set, whichever set `upscale()` uses by default."""
+    from patchscaler.checkpoints import weights_file
+
+    for arg, component in components.items():
+        if getattr(a, arg) is None:
+            setattr(a, arg, str(weights_file(component, a.degradation)))
+
+
 def open_pool(a, lr_crop: int, log) -> PairPool:
     """The PairPool of ``a.data`` (cached like the GRM trainer's), limited to ``a.max_images`` photos."""
     cache = a.cache
@@ -88,7 +101,8 @@ def split_entries(pool: PairPool) -> tuple[list[int], list[int]]:
 def load_frozen_grm(checkpoint: str | None, device: torch.device | str = "cpu"):
     """The GRM that makes ``y0`` and ``C``, frozen, in eval mode.
 
-    checkpoint: None → the packaged weights (`load_grm`); a ``.pt`` checkpoint of
+    checkpoint: None → the packaged weights of the default set (`load_grm`; the trainers
+    name their set's file instead, `set_weights_defaults`); a ``.pt`` checkpoint of
     `patchscaler.train.grm` (its EMA weights); an exported ``.safetensors`` file;
     or "bicubic" → an untrained GRM, which is exactly MATLAB bicubic with C = 0.5
     (for smoke tests of the pipeline only).

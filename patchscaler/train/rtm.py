@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
-from patchscaler.train.patch_pairs import LatentPatchPairs, add_common_args, open_pool, split_entries
-from patchscaler.checkpoints import weights_file
+from patchscaler.train.patch_pairs import LatentPatchPairs, add_common_args, open_pool, set_weights_defaults, split_entries
 from patchscaler.models.rtm import ReferenceTextureMemory
 from patchscaler.train.common import RunControl, RunLog, atomic_save
 from patchscaler.models.texture import load_texture_encoder
@@ -45,8 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--candidates", type=int, default=65536, help="random HR patches to choose the entries from")
     p.add_argument("--iters", type=int, default=25, help="k-means iterations (at most)")
     p.add_argument("--chunk", type=int, default=512, help="patches per encoder batch")
-    p.add_argument("--export-to", default=str(weights_file("rtm")))
-    return p.parse_args(argv)
+    p.add_argument("--export-to", default=None, help="default: the --degradation model set's rtm_x4.safetensors "
+                   "(--degradation names the set here; the memory is made from HR patches)")
+    a = p.parse_args(argv)
+    set_weights_defaults(a, export_to="rtm")
+    return a
 
 
 @torch.no_grad()

@@ -33,7 +33,14 @@ import torch.nn.functional as F
 
 import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.checkpoints import read_metadata
-from patchscaler.train.patch_pairs import LatentPatchPairs, add_common_args, load_frozen_grm, open_pool, split_entries
+from patchscaler.train.patch_pairs import (
+    LatentPatchPairs,
+    add_common_args,
+    load_frozen_grm,
+    open_pool,
+    set_weights_defaults,
+    split_entries,
+)
 from patchscaler.models.texture import TextureEncoder, TextureEncoderConfig, load_texture_encoder, save_texture_encoder
 from patchscaler.train.common import (
     RunControl,
@@ -53,7 +60,8 @@ DEFAULT_EXPORT = Path("runs") / "texture" / "texture_x4.safetensors"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m patchscaler.train.texture", description=__doc__.split("\n")[0])
     add_common_args(p, "runs/texture")
-    p.add_argument("--grm-checkpoint", default=None, help="GRM .pt/.safetensors (default: packaged weights; 'bicubic' for smoke tests)")
+    p.add_argument("--grm-checkpoint", default=None,
+                   help="GRM .pt/.safetensors (default: the --degradation model set's; 'bicubic' for smoke tests)")
     p.add_argument("--steps", type=int, default=20000, help="stop after this many optimiser steps")
     p.add_argument("--crops", type=int, default=32, help="LR crops per batch (4 patches each at the default sizes)")
     p.add_argument("--lr-crop", type=int, default=48, help="LR crop side; patches are cut 8 px inside it")
@@ -71,7 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--export-to", default=str(DEFAULT_EXPORT), help="where --export writes the EMA encoder (input of train.rtm)")
     p.add_argument("--report", action="store_true",
                    help="print the easy and the hard (dense same-photo) retrieval accuracy of the exported encoder and exit")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    set_weights_defaults(a, grm_checkpoint="grm")
+    return a
 
 
 def validation_pairs(held_pairs: LatentPatchPairs, n_pairs: int) -> dict:
