@@ -220,3 +220,23 @@ def test_trainer_weights_defaults_follow_the_degradation(degradation):
     assert texture.parse_args(["--degradation", degradation]).grm_checkpoint == set_file["grm"]
     assert rtm.parse_args(["--degradation", degradation]).export_to == set_file["rtm"]
     assert dit.parse_args(["--degradation", degradation, "--rtm", "none"]).rtm == "none"
+
+
+def test_noised_input_shortcut_patches_start_from_y0():
+    """--shortcut-prob: the chosen patches are noised from y0 (the sampler's start), the others from x0."""
+    g = torch.Generator().manual_seed(0)
+    x0, y0, eps = (torch.randn(5, 3, 4, 4, generator=g) for _ in range(3))
+    a_t = torch.rand(5, 1, 1, 1, generator=g)
+    shortcut = torch.tensor([True, False, True, False, False])
+    y_t = train_dit.noised_input(x0, y0, eps, a_t, shortcut)
+    start = torch.stack([y0[0], x0[1], y0[2], x0[3], x0[4]])
+    torch.testing.assert_close(y_t, a_t.sqrt() * start + (1 - a_t).sqrt() * eps)
+    torch.testing.assert_close(train_dit.noised_input(x0, y0, eps, a_t), a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps)
+
+
+@pytest.mark.filterwarnings("ignore:using an untrained GRM")
+def test_train_with_shortcut_inputs_logs_the_shortcut_validation(photos, tmp_path):
+    out = tmp_path / "sc"
+    assert train_dit.main(_args(photos, out, "--steps", "2", "--shortcut-prob", "0.5")) == 0
+    val = [line for line in (out / "train.log").read_text().splitlines() if "val step 2" in line]
+    assert val and "shortcut_x0_mse_t600=" in val[0]
