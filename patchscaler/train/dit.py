@@ -25,7 +25,10 @@ x0, the net learns that ``y_t − sqrt(ᾱ)·y0`` carries ``x0 − y0``; where t
 as large as the noise (real degradations: RMS 0.22 against a noise std of 0.24 at t=150)
 it then passes the start noise through as "detail". A share p of the patches is noised
 from y0 instead (same target x0), so the first step learns to treat that difference as
-noise. p = 0 is the plain objective (the bicubic set's DiT).
+noise. p = 0 is the plain objective (the bicubic set's DiT). Shortcut patches draw t
+from ``[--shortcut-t-min, T3]`` only: a group starts no lower, and near t = 0 the
+preconditioned target of a shortcut input, ``(x0 − anchor)/c_out``, grows like
+``σ/sqrt(1−ᾱ)`` and would swamp the loss.
 
 Validation (held-out photos, fixed noise): loss at t = T1, T2, T3 and the latent MSE
 of the model's one-step x̂0 from each t, from a noised x0 and from the shortcut start
@@ -99,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--drop-prompt", type=float, default=0.1, help="probability of the 'no reference' prompt")
     p.add_argument("--shortcut-prob", type=float, default=0.0,
                    help="share of patches noised from y0 instead of x0 (the sampler's first step; module docstring)")
+    p.add_argument("--shortcut-t-min", type=int, default=100,
+                   help="smallest t of a shortcut patch (no group starts lower; module docstring)")
     p.add_argument("--amp", choices=["none", "bf16"], default=None, help="autocast (default: bf16 on CUDA, none on CPU)")
     p.add_argument("--val-patches", type=int, default=256)
     p.add_argument("--val-every", type=int, default=2000)
@@ -305,12 +310,16 @@ def train(a):
         t = torch.randint(0, a.t_max + 1, (P,), generator=gen).to(device)
         eps = torch.randn(x0.shape, generator=noise_gen, device=device)
         drop = (torch.rand(P, generator=gen) < a.drop_prompt).to(device)
-        # This rank's slice of the global batch (all of it when alone).
-        x0, y0, t, eps, drop, ids = (rank_slice(v, ctx) for v in (x0, y0, t, eps, drop, batch["image_id"]))
-        a_t = ac[t].view(-1, 1, 1, 1)
-        shortcut = None
+        shortcut = torch.zeros(P, dtype=torch.bool, device=device)
         if a.shortcut_prob > 0:
-            shortcut = rank_slice((torch.rand(P, generator=gen) < a.shortcut_prob).to(device), ctx)
+            shortcut = (torch.rand(P, generator=gen) < a.shortcut_prob).to(device)
+            t_start = torch.randint(a.shortcut_t_min, a.t_max + 1, (P,), generator=gen).to(device)
+            t = torch.where(shortcut, t_start, t)
+        # This rank's slice of the global batch (all of it when alone).
+        x0, y0, t, eps, drop, shortcut, ids = (
+            rank_slice(v, ctx) for v in (x0, y0, t, eps, drop, shortcut, batch["image_id"])
+        )
+        a_t = ac[t].view(-1, 1, 1, 1)
         y_t = noised_input(x0, y0, eps, a_t, shortcut)
         values, scores = prompts(y0, ids.to(device))
         for g in opt.param_groups:
