@@ -34,14 +34,9 @@ from patchscaler.sampling.registry import (
     sampler_available,
 )
 
-__all__ = ["upscale", "DEFAULT_MAX_OUTPUT_MEGAPIXELS", "SUPPORTED_SCALES", "default_sampler", "get_pipeline"]
+__all__ = ["upscale", "SUPPORTED_SCALES", "default_sampler", "get_pipeline"]
 
 SUPPORTED_SCALES = (4,)
-# Output size above which `upscale` refuses unless the caller raises the limit. The
-# working set is about 100 bytes per output pixel in fp32 (latent, its overlapping
-# patches, the sampler state and noise, the decoded image), so 16 MP (e.g. 4096×4096
-# from a 1024×1024 input) needs about 1.6 GB; larger images work given the memory.
-DEFAULT_MAX_OUTPUT_MEGAPIXELS = 16.0
 # Inputs in [0, 1] that went through fp16/bf16 arithmetic can land a little outside.
 RANGE_TOLERANCE = 1e-3
 
@@ -363,7 +358,7 @@ def upscale(
     max_batch_patches: int | None = None,
     return_groups: bool = False,
     progress: bool = False,
-    max_output_megapixels: float | None = DEFAULT_MAX_OUTPUT_MEGAPIXELS,
+    max_output_megapixels: float | None = None,
     outscale: float | None = None,
     width: int | None = None,
     height: int | None = None,
@@ -408,9 +403,10 @@ def upscale(
             (group and step count of every patch, confidence map): ``(out, groups)``;
             ``groups`` is a list for batches and lists, a single GroupMap otherwise.
         progress: show tqdm progress bars (GRM tiles, denoising).
-        max_output_megapixels: refuse images whose output has more pixels than this
-            (default 16 MP; None for no limit). It bounds the ×4 working size, whatever
-            ``outscale``/``width``/``height`` ask for.
+        max_output_megapixels: refuse images whose ×4 output would have more pixels than
+            this (default None: no limit; the pipeline streams over bands of rows, so memory
+            grows with the width, and the output itself is the area term). It bounds the ×4
+            working size, whatever ``outscale``/``width``/``height`` ask for.
         outscale: output scale in (1, 4] instead of 4: the ×4 result resized with an
             antialiased bicubic filter (`patchscaler.outsize`), e.g. 2 for twice the size.
         width, height: exact output size in pixels instead (at most ×4 of the input);
@@ -440,6 +436,9 @@ def upscale(
     dev = _check_device(device, fallback)
     dt = _check_dtype(dtype, dev)
     if max_output_megapixels is not None:
+        if isinstance(max_output_megapixels, bool) or not isinstance(max_output_megapixels, (int, float)) \
+                or not max_output_megapixels > 0:
+            raise ValueError(f"max_output_megapixels must be a positive number or None, got {max_output_megapixels!r}")
         limit = float(max_output_megapixels) * 1e6
         for i, item in enumerate(items):
             h, w = item.rgb.shape[-2:]

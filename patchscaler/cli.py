@@ -124,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-megapixels", type=float, default=None, metavar="MP",
-        help="largest output accepted, in megapixels (default 16)",
+        help="refuse inputs whose x4 output would exceed MP megapixels, from the file's header "
+        "(default: no limit; a header above Pillow's decompression-bomb limit, ~179 MP of input, "
+        "is refused unless this option allows it)",
     )
     p.add_argument(
         "--outscale", type=float, default=None, metavar="S",
@@ -226,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tqdm.auto import tqdm
 
         from patchscaler.image_files import read_image
-        from patchscaler.api import DEFAULT_MAX_OUTPUT_MEGAPIXELS, default_sampler, upscale
+        from patchscaler.api import default_sampler, upscale
         from patchscaler.checkpoints import WeightsNotAvailableError, require
 
         require("grm", args.model)  # a missing model set: one clear line before anything runs
@@ -241,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{prog}: note: {str(w.message).removeprefix('patchscaler: ')}", file=sys.stderr)
         else:
             sampler = args.sampler
-        max_mp = args.max_megapixels or DEFAULT_MAX_OUTPUT_MEGAPIXELS
+        max_mp = args.max_megapixels
+        if max_mp is not None and not max_mp > 0:  # also catches nan
+            raise CLIError(f"--max-megapixels must be > 0, got {max_mp:g}")
         from patchscaler.outsize import check_output_size
 
         check_output_size(args.outscale, args.width, args.height, prefix="--")
@@ -262,8 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def process(job: _Job) -> dict:
         """One image: read, upscale, write (atomically); its record for --json and the manifest."""
         start = time.perf_counter()
-        arr, meta = read_image(job.src, max_pixels=max_mp * 1e6 / 16, limit_hint=(
-            f" (its x4 output would be above --max-megapixels {max_mp:g}; raise it to allow)"))
+        if max_mp is None:  # no size limit asked for: only the header's bomb check (Pillow's limit)
+            arr, meta = read_image(job.src, limit_hint="; --max-megapixels MP allows larger images")
+        else:
+            arr, meta = read_image(job.src, max_pixels=max_mp * 1e6 / 16, limit_hint=(
+                f" (its x4 output would be above --max-megapixels {max_mp:g}; raise it to allow)"))
         for note in meta.warnings:
             (tqdm.write if folder else print)(f"{prog}: warning: {note}", file=sys.stderr)
         big = arr.shape[0] * arr.shape[1] >= PATCH_PROGRESS_MIN_PIXELS
