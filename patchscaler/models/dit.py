@@ -243,10 +243,11 @@ class PatchDiT(nn.Module):
         return self.config.prediction
 
     def _pos_embed(self, gh: int, gw: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        key = (gh, gw)
-        if key not in self._pos_cache:
-            self._pos_cache[key] = _sincos_pos_embed(self.config.width, gh, gw)
-        return self._pos_cache[key].to(device=device, dtype=dtype)
+        table = self._pos_cache.get((gh, gw))
+        if table is None:
+            # setdefault: threads sharing the model that race here all use the first table stored.
+            table = self._pos_cache.setdefault((gh, gw), _sincos_pos_embed(self.config.width, gh, gw))
+        return table.to(device=device, dtype=dtype)
 
     def encode_prompt(
         self, values: Tensor | None, scores: Tensor | None, batch: int | None = None, drop: Tensor | None = None
@@ -286,8 +287,8 @@ class PatchDiT(nn.Module):
     def _abar(self, t: Tensor) -> Tensor:
         """ᾱ at timesteps ``t [P]`` → ``[P,1,1,1]`` float64 on t's device."""
         table = self._alphas_by_device.get(t.device)
-        if table is None:
-            table = self._alphas_by_device[t.device] = self._alphas_cumprod.to(t.device)
+        if table is None:  # setdefault: safe when threads sharing the model race here
+            table = self._alphas_by_device.setdefault(t.device, self._alphas_cumprod.to(t.device))
         return table[t.long()].view(-1, 1, 1, 1)
 
     def _output_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
