@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from patchscaler.output_buffer import ArrayOutput
 from patchscaler.outsize import check_output_size, fit_output, target_size
 from patchscaler.checkpoints import cached, require, weights_root
 from patchscaler.pipeline import PatchScalerPipeline
@@ -161,13 +162,16 @@ class _Item:
     """One image converted for the pipeline and how to turn its result back.
 
     ``rgb``: float32 ``[3, h, w]`` in [0, 1] (CPU or the input's device);
-    ``alpha``: float32 ``[1, h, w]`` or None; ``restore(hr_rgb [3,4h,4w], alpha_hr)``
-    gives the output in the input's kind.
+    ``alpha``: float32 ``[1, h, w]`` or None; ``restore(hr, alpha_hr)`` gives the output
+    in the input's kind from ``hr``: a float ``[3, 4h, 4w]`` tensor, or the buffer
+    ``output(4h, 4w)`` made (an `ArrayOutput` the pipeline fills band by band, so array
+    and PIL outputs never exist as a full-size float image).
     """
 
     rgb: Tensor
     alpha: Tensor | None
-    restore: Callable[[Tensor, Tensor | None], Any]
+    restore: Callable[[Any, Tensor | None], Any]
+    output: Callable[[int, int], ArrayOutput] | None = None
 
 
 def _check_float_values(t: Tensor, name: str) -> None:
@@ -248,16 +252,20 @@ def _from_numpy(a: np.ndarray, name: str) -> _Item:
     alpha = chw[colour:colour + 1].contiguous() if chw.shape[0] in (2, 4) else None
     in_dtype, squeeze = a.dtype, a.ndim == 2
 
-    def restore(hr: Tensor, alpha_hr: Tensor | None) -> np.ndarray:
+    def output(height: int, width: int) -> ArrayOutput:
         # Greyscale in → the mean of the three output channels (the model works in RGB).
-        planes = hr.mean(0, keepdim=True) if colour == 1 else hr
-        if alpha_hr is not None:
-            planes = torch.cat([planes, alpha_hr.to(planes.device)], 0)
-        arr = planes.float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-        arr = np.floor(arr * peak + 0.5).astype(in_dtype) if peak is not None else arr.astype(in_dtype)
-        return np.ascontiguousarray(arr[..., 0] if squeeze else arr)
+        return ArrayOutput(height, width, in_dtype, grey=colour == 1, alpha=alpha is not None)
 
-    return _Item(rgb, alpha, restore)
+    def restore(hr: Tensor | ArrayOutput, alpha_hr: Tensor | None) -> np.ndarray:
+        if isinstance(hr, Tensor):  # resized (outscale): quantized here, all at once
+            buf = output(*hr.shape[-2:])
+            buf.write(0, hr)
+            hr = buf
+        if alpha_hr is not None:
+            hr.write_alpha(alpha_hr)
+        return np.ascontiguousarray(hr.array[..., 0]) if squeeze else hr.array  # no copy: the last axis is 1
+
+    return _Item(rgb, alpha, restore, output)
 
 
 def _from_pil(im: Any, name: str) -> _Item:
@@ -267,7 +275,7 @@ def _from_pil(im: Any, name: str) -> _Item:
     from patchscaler.image_files import keep_pil_info
 
     item = _from_pil_pixels(im, name)
-    return _Item(item.rgb, item.alpha, lambda hr, a: keep_pil_info(im, item.restore(hr, a)))
+    return _Item(item.rgb, item.alpha, lambda hr, a: keep_pil_info(im, item.restore(hr, a)), item.output)
 
 
 def _from_pil_pixels(im: Any, name: str) -> _Item:
@@ -279,7 +287,7 @@ def _from_pil_pixels(im: Any, name: str) -> _Item:
     _check_size(im.height, im.width, name)
     if mode.startswith("I;16"):
         item = _from_numpy(np.asarray(im).astype(np.uint16), name)
-        return _Item(item.rgb, None, lambda hr, a: Image.fromarray(item.restore(hr, None)))  # uint16 → I;16
+        return _Item(item.rgb, None, lambda hr, a: Image.fromarray(item.restore(hr, None)), item.output)  # uint16 → I;16
     if mode in ("I", "F"):
         # "I" from PIL is how 16-bit greyscale PNGs often open: values 0..65535.
         peak = 65535.0 if mode == "I" else 1.0
@@ -290,14 +298,14 @@ def _from_pil_pixels(im: Any, name: str) -> _Item:
             out = item.restore(hr, None).astype(np.float64) * peak
             return Image.fromarray(np.floor(out + 0.5).astype(np.int32) if mode == "I" else out.astype(np.float32))
 
-        return _Item(item.rgb, None, restore_if)
+        return _Item(item.rgb, None, restore_if, item.output)
     if mode in PALETTE_MODES:
         im = flatten_palette(im)
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX: out as RGB
     out_mode = im.mode
     item = _from_numpy(np.asarray(im), name)
-    return _Item(item.rgb, item.alpha, lambda hr, a: Image.fromarray(item.restore(hr, a), out_mode))
+    return _Item(item.rgb, item.alpha, lambda hr, a: Image.fromarray(item.restore(hr, a), out_mode), item.output)
 
 
 def _is_pil(x: Any) -> bool:
@@ -453,13 +461,21 @@ def upscale(
 
     sizes = [target_size(*item.rgb.shape[-2:], out_spec, scale=scale) for item in items]
     pipe = get_pipeline(sampler_name, scale, dev, dt, quality, model)
+    # Array and PIL outputs at ×4 go straight into their final buffer, band by band; a
+    # resized output (outscale, width, height) needs the ×4 float image first.
+    buffers = [
+        item.output(item.rgb.shape[-2] * scale, item.rgb.shape[-1] * scale) if item.output is not None and out_spec is None else None
+        for item in items
+    ]
     results = pipe.upscale_images(
-        [item.rgb for item in items], seed=seed, max_batch_patches=max_batch_patches, progress=progress
+        [item.rgb for item in items], seed=seed, max_batch_patches=max_batch_patches, progress=progress,
+        outputs=buffers,
     )
     outs, groups = [], []
     for item, size, (hr, gmap) in zip(items, sizes, results):
         alpha_hr = _upscale_alpha(item.alpha, scale) if item.alpha is not None else None
-        hr, alpha_hr = fit_output(hr, alpha_hr, size)
+        if isinstance(hr, Tensor):
+            hr, alpha_hr = fit_output(hr, alpha_hr, size)
         outs.append(item.restore(hr, alpha_hr))
         groups.append(gmap)
 
