@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from patchscaler.memory_budget import ChunkSizes, chunk_sizes, parse_memory
 from patchscaler.output_buffer import ArrayOutput
 from patchscaler.outsize import check_output_size, fit_output, target_size
 from patchscaler.checkpoints import cached, require, weights_root
@@ -144,13 +145,16 @@ def get_pipeline(
     dtype: torch.dtype = torch.float32,
     quality: str = "balanced",
     model: str = DEFAULT_MODEL,
+    chunks: ChunkSizes | None = None,
 ) -> PatchScalerPipeline:
     """The shared pipeline for these settings (built on first use, then reused; in the
-    weights cache, so `patchscaler.checkpoints.clear` drops it)."""
+    weights cache, so `patchscaler.checkpoints.clear` drops it). ``chunks``: the GRM tile
+    and band size of a memory budget (default: the pipeline's own)."""
     key = ("pipeline", str(weights_root().resolve()), model, sampler, scale, str(torch.device(device)), dtype,
-           quality if sampler != "none" else None)
+           quality if sampler != "none" else None, chunks)
+    sizes = {} if chunks is None else dict(grm_tile=chunks.grm_tile, max_lr_pixels_per_run=chunks.band_lr_pixels)
     return cached(key, lambda: PatchScalerPipeline(
-        sampler=sampler, model=model, scale=scale, device=device, dtype=dtype, quality=quality
+        sampler=sampler, model=model, scale=scale, device=device, dtype=dtype, quality=quality, **sizes
     ))
 
 
@@ -370,6 +374,7 @@ def upscale(
     outscale: float | None = None,
     width: int | None = None,
     height: int | None = None,
+    memory_budget: int | str | None = None,
 ) -> Any:
     """Upscale images ×4 with PatchScaler.
 
@@ -419,6 +424,11 @@ def upscale(
             antialiased bicubic filter (`patchscaler.outsize`), e.g. 2 for twice the size.
         width, height: exact output size in pixels instead (at most ×4 of the input);
             given one of them, the other keeps the aspect ratio. Not with ``outscale``.
+        memory_budget: bytes (or "6G", "512M") the computation should fit in: sets the
+            patches per Patch-DiT call (unless ``max_batch_patches`` is given), the GRM
+            tile and the band height (`patchscaler.memory_budget`). Whatever the budget,
+            a CUDA out-of-memory error halves the failing step's chunk and retries that
+            step only; the result does not change (GroupMap.memory_note says it happened).
 
     Raises:
         TypeError: ``x`` (or ``seed``) of the wrong type, or an integer tensor.
@@ -436,6 +446,9 @@ def upscale(
     check_quality(quality)  # here too: sampler="none" never reaches the PGS config
     seed = _check_seed(seed)
     max_batch_patches = _check_max_batch(max_batch_patches)
+    chunks = chunk_sizes(parse_memory(memory_budget)) if memory_budget is not None else None
+    if chunks is not None and max_batch_patches is None:
+        max_batch_patches = chunks.max_batch_patches
     items, packing = _to_items(x, "x")
 
     fallback = items[0].rgb.device if isinstance(x, Tensor) else (
@@ -460,7 +473,7 @@ def upscale(
                 )
 
     sizes = [target_size(*item.rgb.shape[-2:], out_spec, scale=scale) for item in items]
-    pipe = get_pipeline(sampler_name, scale, dev, dt, quality, model)
+    pipe = get_pipeline(sampler_name, scale, dev, dt, quality, model, chunks)
     # Array and PIL outputs at ×4 go straight into their final buffer, band by band; a
     # resized output (outscale, width, height) needs the ×4 float image first.
     buffers = [

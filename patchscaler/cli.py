@@ -123,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         help="at most N latent patches per denoiser call (lower it if memory runs out)",
     )
     p.add_argument(
+        "--max-memory", default=None, metavar="SIZE",
+        help="memory the computation should fit in, e.g. 6G or 512M: sets the patches per DiT call, the GRM "
+        "tile and the band height; on CUDA out-of-memory the failing step's chunk halves and is retried either way",
+    )
+    p.add_argument(
         "--max-megapixels", type=float, default=None, metavar="MP",
         help="refuse inputs whose x4 output would exceed MP megapixels, from the file's header "
         "(default: no limit; a header above Pillow's decompression-bomb limit, ~179 MP of input, "
@@ -249,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from patchscaler.outsize import check_output_size
 
         check_output_size(args.outscale, args.width, args.height, prefix="--")
+        if args.max_memory is not None:
+            from patchscaler.memory_budget import parse_memory
+
+            parse_memory(args.max_memory, "--max-memory")  # a bad size: one line before anything runs
         if args.max_batch_patches is not None and args.max_batch_patches < 1:
             raise CLIError("--max-batch-patches must be >= 1")
         if args.threads is not None:
@@ -289,8 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             outscale=args.outscale,
             width=args.width,
             height=args.height,
+            memory_budget=args.max_memory,
         )
         write_image_array(out, job.dst, meta)
+        note = gmap.memory_note()
+        if note is not None:
+            (tqdm.write if folder else print)(f"{prog}: note: {job.src}: {note}", file=sys.stderr)
         if gmap.fp32_evaluations:
             (tqdm.write if folder else print)(
                 f"{prog}: warning: {job.src}: {gmap.fp32_evaluations} of {gmap.evaluations} DiT patch-evaluations "

@@ -84,6 +84,7 @@ class _Unit:
     outputs: list[Any]  # per image: where its HR rows go (`patchscaler.output_buffer`)
     y0: Tensor | None = None  # [B,C,h,w] float32: the GRM's latent, from the first band to the last
     conf: Tensor | None = None  # [B,1,h,w] float32
+    grm_tile_halved_to: int | None = None  # the GRM's tile after out-of-memory halvings
     parts: list[PGSOutput] = field(default_factory=list)  # the sampler's output per band, [B·band patches]
     qmaps: list[Tensor] = field(default_factory=list)  # per band [B, band patches]
 
@@ -174,10 +175,30 @@ class PatchScalerPipeline:
         )
 
     @torch.no_grad()
-    def restore(self, lr: Tensor, progress: bool = False) -> tuple[Tensor, Tensor]:
-        """GRM on ``lr [B,3,h,w]`` float [0,1] → ``(y0 [B,C,h,w], conf [B,1,h,w])`` float32."""
+    def restore(self, lr: Tensor, progress: bool = False, on_halve: Callable[[int], None] | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """GRM on ``lr [B,3,h,w]`` float [0,1] → ``(y0 [B,C,h,w], conf [B,1,h,w])`` float32.
+
+        On out-of-memory the tile side halves and this image's GRM runs again (down to
+        the smallest tile `check_tiling` allows, then the error); ``on_halve(tile)`` is told.
+        """
         lr = lr.to(device=self.device, dtype=self.dtype)
-        return restore_tiled(self.grm, lr, self.grm_tile, self.grm_context, progress)
+        tile = self.grm_tile
+        while True:
+            try:
+                return restore_tiled(self.grm, lr, tile, self.grm_context, progress)
+            except torch.OutOfMemoryError:
+                smaller = min(tile, max(lr.shape[-2:])) // 2
+                if smaller <= 2 * self.grm_context + 8:
+                    raise torch.OutOfMemoryError(
+                        f"{self.device} ran out of memory running the GRM even on {tile}x{tile} tiles; "
+                        "free memory on the device, or run on the CPU"
+                    ) from None
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                tile = smaller
+                if on_halve is not None:
+                    on_halve(tile)
 
     @torch.no_grad()
     def upscale_images(
@@ -269,7 +290,8 @@ class PatchScalerPipeline:
         its output, at LR size, is a sixteenth of the ×4 image's pixels."""
         unit, (top, bottom) = job.unit, job.band.latent_rows
         if unit.y0 is None:
-            unit.y0, unit.conf = self.restore(unit.lr, progress=progress)
+            unit.y0, unit.conf = self.restore(unit.lr, progress=progress,
+                                              on_halve=lambda tile: setattr(unit, "grm_tile_halved_to", tile))
         job.y0 = unit.y0[:, :, top:bottom]
         conf = unit.conf[:, :, top:bottom]
         plan = unit.plan
@@ -342,11 +364,13 @@ class PatchScalerPipeline:
 
             group, steps = per_image(lambda p: p.group.long()), per_image(lambda p: p.steps.long())
             fp32 = per_image(lambda p: p.fp32_steps if p.fp32_steps is not None else torch.zeros_like(p.steps))
+            halved = [p.batch_halved_to for p in unit.parts if p.batch_halved_to is not None]
             gpx = group_pixels(plan, group.reshape(-1).to(self.device), self.window)
         else:
             group = torch.full((B, n), -1, dtype=torch.long)
             steps = fp32 = torch.zeros(B, n, dtype=torch.long)
             gpx = torch.full((B, h, w), -1, dtype=torch.long)
+            halved = []
         origins = plan.origins()
         results = []
         for i in range(B):
@@ -361,6 +385,8 @@ class PatchScalerPipeline:
                 confidence=unit.conf[i].float().cpu(),
                 group_pixels=gpx[i],
                 fp32_evaluations=int(fp32[i].sum()),
+                dit_batch_halved_to=min(halved) if halved else None,
+                grm_tile_halved_to=unit.grm_tile_halved_to,
             )
             out = unit.outputs[i]
             results.append((out.tensor if isinstance(out, FloatOutput) else out, gmap))
