@@ -15,6 +15,15 @@ Per batch of same-size images (`upscale_images` reads in this order):
 4. **Blend** the patches back with the smooth window, **decode** with the codec
    (pixel shuffle), clamp to [0, 1]; a `GroupMap` per image says what happened.
 
+Steps 2–4 stream over **bands** of patch rows (`patchscaler.band_plan`): each band's
+patches are sampled, the rows no later patch reaches are blended, decoded and written
+into the image's preallocated output (`patchscaler.output_buffer`), and only the overlap
+rows' patches are kept for the next band, so the working set grows with the width, not
+the area. Bands of several images share a sampler call up to ``max_lr_pixels_per_run``.
+The result does not depend on the band size (the blend sums each pixel's patches in the
+same order; a patch's samples do not depend on its batch). On an out-of-memory error the
+DiT chunk or the GRM tile halves and that step is retried.
+
 Determinism: a patch's noise comes from its own seed, derived from the user's seed and
 its position in its image, never from a global random stream, so an image's result does
 not depend on the other images in the batch, on chunk sizes or on the device's RNG state
