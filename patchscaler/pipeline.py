@@ -25,9 +25,13 @@ same order; a patch's samples do not depend on its batch). On an out-of-memory e
 DiT chunk or the GRM tile halves and that step is retried.
 
 Determinism: a patch's noise comes from its own seed, derived from the user's seed and
-its position in its image, never from a global random stream, so an image's result does
-not depend on the other images in the batch, on chunk sizes or on the device's RNG state
-(up to float rounding of differently-sized matrix products, ~1e-6).
+its position in its image, never from a global random stream, and on the CPU a patch's
+denoiser output does not depend on the other patches of its call (the DiT and the
+texture prompt pad small calls, `patchscaler.models.dit`), so an image's result does not
+depend on chunk sizes, bands or the device's RNG state, bit for bit. The GRM runs on
+same-size images in batches (`LR_PIXELS_PER_UNIT`), and its convs may round differently
+with the batch size (~1e-7): same-size images given together can differ in the last bit
+from the same images given alone. On a GPU, kernels chosen by shape may round differently.
 
 Sampler interface (`patchscaler.sampling.PGSSampler` / `UniformSampler`; tests pass
 their own)::

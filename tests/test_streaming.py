@@ -104,3 +104,21 @@ def test_array_output_buffer_takes_bands_in_place():
     buf.write_alpha(torch.full((1, 8, 4), 0.5))
     assert buf.array.shape == (8, 4, 4)
     assert (buf.array[:4, :, :3] == 0).all() and (buf.array[4:, :, :3] == 255).all() and (buf.array[..., 3] == 128).all()
+
+
+def test_streamed_equals_unstreamed_with_the_shipped_models():
+    """The same with the shipped GRM, texture memory and Patch-DiT (`patchscaler/weights/bicubic`):
+    a crop of the bundled example, 5 bands against one, and against DiT batches of 1."""
+    from PIL import Image
+
+    from patchscaler.checkpoints import PACKAGE_WEIGHTS, weights_root
+
+    assert weights_root() == PACKAGE_WEIGHTS  # not a test's tiny weights
+    src = np.asarray(Image.open(PACKAGE_WEIGHTS.parent / "examples" / "dandelions_lr.png").convert("RGB"))
+    x = torch.from_numpy(src[:120, :64].astype(np.float32) / 255).permute(2, 0, 1).contiguous()
+    [(ref, ref_map)] = PatchScalerPipeline(sampler="pgs", max_lr_pixels_per_run=ONE_BAND).upscale_images([x], seed=0)
+    pipe = PatchScalerPipeline(sampler="pgs", max_lr_pixels_per_run=64 * 28)
+    assert len(pipe._units([x], None)[0].bands) == 5
+    [(out, gmap)] = pipe.upscale_images([x], seed=0, max_batch_patches=1)
+    assert set(ref_map.group.tolist()) == {0, 1, 2}
+    assert torch.equal(out, ref) and torch.equal(gmap.group, ref_map.group)
