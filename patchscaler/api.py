@@ -428,7 +428,8 @@ def upscale(
             patches per Patch-DiT call (unless ``max_batch_patches`` is given), the GRM
             tile and the band height (`patchscaler.memory_budget`). Whatever the budget,
             a CUDA out-of-memory error halves the failing step's chunk and retries that
-            step only; the result does not change (GroupMap.memory_note says it happened).
+            step only (GroupMap.memory_note says it happened). DiT batches and bands never
+            change the result; a smaller GRM tile may, in the last bit, on images it tiles.
 
     Raises:
         TypeError: ``x`` (or ``seed``) of the wrong type, or an integer tensor.
