@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from patchscaler.memory_budget import ChunkSizes, chunk_sizes, parse_memory
+from patchscaler.output_buffer import ArrayOutput
 from patchscaler.outsize import check_output_size, fit_output, target_size
 from patchscaler.checkpoints import cached, require, weights_root
 from patchscaler.pipeline import PatchScalerPipeline
@@ -34,14 +36,9 @@ from patchscaler.sampling.registry import (
     sampler_available,
 )
 
-__all__ = ["upscale", "DEFAULT_MAX_OUTPUT_MEGAPIXELS", "SUPPORTED_SCALES", "default_sampler", "get_pipeline"]
+__all__ = ["upscale", "SUPPORTED_SCALES", "default_sampler", "get_pipeline"]
 
 SUPPORTED_SCALES = (4,)
-# Output size above which `upscale` refuses unless the caller raises the limit. The
-# working set is about 100 bytes per output pixel in fp32 (latent, its overlapping
-# patches, the sampler state and noise, the decoded image), so 16 MP (e.g. 4096×4096
-# from a 1024×1024 input) needs about 1.6 GB; larger images work given the memory.
-DEFAULT_MAX_OUTPUT_MEGAPIXELS = 16.0
 # Inputs in [0, 1] that went through fp16/bf16 arithmetic can land a little outside.
 RANGE_TOLERANCE = 1e-3
 
@@ -148,13 +145,16 @@ def get_pipeline(
     dtype: torch.dtype = torch.float32,
     quality: str = "balanced",
     model: str = DEFAULT_MODEL,
+    chunks: ChunkSizes | None = None,
 ) -> PatchScalerPipeline:
     """The shared pipeline for these settings (built on first use, then reused; in the
-    weights cache, so `patchscaler.checkpoints.clear` drops it)."""
+    weights cache, so `patchscaler.checkpoints.clear` drops it). ``chunks``: the GRM tile
+    and band size of a memory budget (default: the pipeline's own)."""
     key = ("pipeline", str(weights_root().resolve()), model, sampler, scale, str(torch.device(device)), dtype,
-           quality if sampler != "none" else None)
+           quality if sampler != "none" else None, chunks)
+    sizes = {} if chunks is None else dict(grm_tile=chunks.grm_tile, max_lr_pixels_per_run=chunks.band_lr_pixels)
     return cached(key, lambda: PatchScalerPipeline(
-        sampler=sampler, model=model, scale=scale, device=device, dtype=dtype, quality=quality
+        sampler=sampler, model=model, scale=scale, device=device, dtype=dtype, quality=quality, **sizes
     ))
 
 
@@ -166,13 +166,16 @@ class _Item:
     """One image converted for the pipeline and how to turn its result back.
 
     ``rgb``: float32 ``[3, h, w]`` in [0, 1] (CPU or the input's device);
-    ``alpha``: float32 ``[1, h, w]`` or None; ``restore(hr_rgb [3,4h,4w], alpha_hr)``
-    gives the output in the input's kind.
+    ``alpha``: float32 ``[1, h, w]`` or None; ``restore(hr, alpha_hr)`` gives the output
+    in the input's kind from ``hr``: a float ``[3, 4h, 4w]`` tensor, or the buffer
+    ``output(4h, 4w)`` made (an `ArrayOutput` the pipeline fills band by band, so array
+    and PIL outputs never exist as a full-size float image).
     """
 
     rgb: Tensor
     alpha: Tensor | None
-    restore: Callable[[Tensor, Tensor | None], Any]
+    restore: Callable[[Any, Tensor | None], Any]
+    output: Callable[[int, int], ArrayOutput] | None = None
 
 
 def _check_float_values(t: Tensor, name: str) -> None:
@@ -253,16 +256,20 @@ def _from_numpy(a: np.ndarray, name: str) -> _Item:
     alpha = chw[colour:colour + 1].contiguous() if chw.shape[0] in (2, 4) else None
     in_dtype, squeeze = a.dtype, a.ndim == 2
 
-    def restore(hr: Tensor, alpha_hr: Tensor | None) -> np.ndarray:
+    def output(height: int, width: int) -> ArrayOutput:
         # Greyscale in → the mean of the three output channels (the model works in RGB).
-        planes = hr.mean(0, keepdim=True) if colour == 1 else hr
-        if alpha_hr is not None:
-            planes = torch.cat([planes, alpha_hr.to(planes.device)], 0)
-        arr = planes.float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-        arr = np.floor(arr * peak + 0.5).astype(in_dtype) if peak is not None else arr.astype(in_dtype)
-        return np.ascontiguousarray(arr[..., 0] if squeeze else arr)
+        return ArrayOutput(height, width, in_dtype, grey=colour == 1, alpha=alpha is not None)
 
-    return _Item(rgb, alpha, restore)
+    def restore(hr: Tensor | ArrayOutput, alpha_hr: Tensor | None) -> np.ndarray:
+        if isinstance(hr, Tensor):  # resized (outscale): quantized here, all at once
+            buf = output(*hr.shape[-2:])
+            buf.write(0, hr)
+            hr = buf
+        if alpha_hr is not None:
+            hr.write_alpha(alpha_hr)
+        return np.ascontiguousarray(hr.array[..., 0]) if squeeze else hr.array  # no copy: the last axis is 1
+
+    return _Item(rgb, alpha, restore, output)
 
 
 def _from_pil(im: Any, name: str) -> _Item:
@@ -272,7 +279,7 @@ def _from_pil(im: Any, name: str) -> _Item:
     from patchscaler.image_files import keep_pil_info
 
     item = _from_pil_pixels(im, name)
-    return _Item(item.rgb, item.alpha, lambda hr, a: keep_pil_info(im, item.restore(hr, a)))
+    return _Item(item.rgb, item.alpha, lambda hr, a: keep_pil_info(im, item.restore(hr, a)), item.output)
 
 
 def _from_pil_pixels(im: Any, name: str) -> _Item:
@@ -284,7 +291,7 @@ def _from_pil_pixels(im: Any, name: str) -> _Item:
     _check_size(im.height, im.width, name)
     if mode.startswith("I;16"):
         item = _from_numpy(np.asarray(im).astype(np.uint16), name)
-        return _Item(item.rgb, None, lambda hr, a: Image.fromarray(item.restore(hr, None)))  # uint16 → I;16
+        return _Item(item.rgb, None, lambda hr, a: Image.fromarray(item.restore(hr, None)), item.output)  # uint16 → I;16
     if mode in ("I", "F"):
         # "I" from PIL is how 16-bit greyscale PNGs often open: values 0..65535.
         peak = 65535.0 if mode == "I" else 1.0
@@ -295,14 +302,14 @@ def _from_pil_pixels(im: Any, name: str) -> _Item:
             out = item.restore(hr, None).astype(np.float64) * peak
             return Image.fromarray(np.floor(out + 0.5).astype(np.int32) if mode == "I" else out.astype(np.float32))
 
-        return _Item(item.rgb, None, restore_if)
+        return _Item(item.rgb, None, restore_if, item.output)
     if mode in PALETTE_MODES:
         im = flatten_palette(im)
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX: out as RGB
     out_mode = im.mode
     item = _from_numpy(np.asarray(im), name)
-    return _Item(item.rgb, item.alpha, lambda hr, a: Image.fromarray(item.restore(hr, a), out_mode))
+    return _Item(item.rgb, item.alpha, lambda hr, a: Image.fromarray(item.restore(hr, a), out_mode), item.output)
 
 
 def _is_pil(x: Any) -> bool:
@@ -363,10 +370,11 @@ def upscale(
     max_batch_patches: int | None = None,
     return_groups: bool = False,
     progress: bool = False,
-    max_output_megapixels: float | None = DEFAULT_MAX_OUTPUT_MEGAPIXELS,
+    max_output_megapixels: float | None = None,
     outscale: float | None = None,
     width: int | None = None,
     height: int | None = None,
+    memory_budget: int | str | None = None,
 ) -> Any:
     """Upscale images ×4 with PatchScaler.
 
@@ -408,13 +416,20 @@ def upscale(
             (group and step count of every patch, confidence map): ``(out, groups)``;
             ``groups`` is a list for batches and lists, a single GroupMap otherwise.
         progress: show tqdm progress bars (GRM tiles, denoising).
-        max_output_megapixels: refuse images whose output has more pixels than this
-            (default 16 MP; None for no limit). It bounds the ×4 working size, whatever
-            ``outscale``/``width``/``height`` ask for.
+        max_output_megapixels: refuse images whose ×4 output would have more pixels than
+            this (default None: no limit; the pipeline streams over bands of rows, so memory
+            grows with the width, and the output itself is the area term). It bounds the ×4
+            working size, whatever ``outscale``/``width``/``height`` ask for.
         outscale: output scale in (1, 4] instead of 4: the ×4 result resized with an
             antialiased bicubic filter (`patchscaler.outsize`), e.g. 2 for twice the size.
         width, height: exact output size in pixels instead (at most ×4 of the input);
             given one of them, the other keeps the aspect ratio. Not with ``outscale``.
+        memory_budget: bytes (or "6G", "512M") the computation should fit in: sets the
+            patches per Patch-DiT call (unless ``max_batch_patches`` is given), the GRM
+            tile and the band height (`patchscaler.memory_budget`). Whatever the budget,
+            a CUDA out-of-memory error halves the failing step's chunk and retries that
+            step only (GroupMap.memory_note says it happened). DiT batches and bands never
+            change the result; a smaller GRM tile may, in the last bit, on images it tiles.
 
     Raises:
         TypeError: ``x`` (or ``seed``) of the wrong type, or an integer tensor.
@@ -432,6 +447,9 @@ def upscale(
     check_quality(quality)  # here too: sampler="none" never reaches the PGS config
     seed = _check_seed(seed)
     max_batch_patches = _check_max_batch(max_batch_patches)
+    chunks = chunk_sizes(parse_memory(memory_budget)) if memory_budget is not None else None
+    if chunks is not None and max_batch_patches is None:
+        max_batch_patches = chunks.max_batch_patches
     items, packing = _to_items(x, "x")
 
     fallback = items[0].rgb.device if isinstance(x, Tensor) else (
@@ -440,6 +458,9 @@ def upscale(
     dev = _check_device(device, fallback)
     dt = _check_dtype(dtype, dev)
     if max_output_megapixels is not None:
+        if isinstance(max_output_megapixels, bool) or not isinstance(max_output_megapixels, (int, float)) \
+                or not max_output_megapixels > 0:
+            raise ValueError(f"max_output_megapixels must be a positive number or None, got {max_output_megapixels!r}")
         limit = float(max_output_megapixels) * 1e6
         for i, item in enumerate(items):
             h, w = item.rgb.shape[-2:]
@@ -453,14 +474,22 @@ def upscale(
                 )
 
     sizes = [target_size(*item.rgb.shape[-2:], out_spec, scale=scale) for item in items]
-    pipe = get_pipeline(sampler_name, scale, dev, dt, quality, model)
+    pipe = get_pipeline(sampler_name, scale, dev, dt, quality, model, chunks)
+    # Array and PIL outputs at ×4 go straight into their final buffer, band by band; a
+    # resized output (outscale, width, height) needs the ×4 float image first.
+    buffers = [
+        item.output(item.rgb.shape[-2] * scale, item.rgb.shape[-1] * scale) if item.output is not None and out_spec is None else None
+        for item in items
+    ]
     results = pipe.upscale_images(
-        [item.rgb for item in items], seed=seed, max_batch_patches=max_batch_patches, progress=progress
+        [item.rgb for item in items], seed=seed, max_batch_patches=max_batch_patches, progress=progress,
+        outputs=buffers,
     )
     outs, groups = [], []
     for item, size, (hr, gmap) in zip(items, sizes, results):
         alpha_hr = _upscale_alpha(item.alpha, scale) if item.alpha is not None else None
-        hr, alpha_hr = fit_output(hr, alpha_hr, size)
+        if isinstance(hr, Tensor):
+            hr, alpha_hr = fit_output(hr, alpha_hr, size)
         outs.append(item.restore(hr, alpha_hr))
         groups.append(gmap)
 

@@ -183,19 +183,47 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict, 
 # ---------------------------------------------------------------------------- cache
 
 _CACHE: dict[tuple, Any] = {}
-_LOCK = threading.RLock()
+# Guards _CACHE, _BUILDING and _generation; never held while a model is being built.
+_LOCK = threading.Lock()
+# One lock per key being built: a second thread asking for the same model waits for the
+# first one's build instead of loading the file again, while models under other keys
+# (another set, device or dtype) load at the same time.
+_BUILDING: dict[tuple, threading.Lock] = {}
+# Bumped by `clear`: a build that started before a clear is returned to its caller but
+# not stored, so a cleared cache never receives a model from a replaced file.
+_generation = 0
 
 
 def cached(key: tuple, build: Callable[[], Any]) -> Any:
-    """The object cached under ``key``, built by ``build()`` on first use (thread-safe).
-    Keys should name the file (its resolved path), so another root gives another entry."""
+    """The object cached under ``key``, built by ``build()`` on first use.
+
+    Thread-safe: concurrent callers with the same key get the same object, built once
+    (the others wait for it); different keys build concurrently. ``build`` may itself
+    call `cached` with other keys (a pipeline loads its GRM), never with its own.
+    Keys should name the file (its resolved path), so another root gives another entry.
+    """
     with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = build()
-        return _CACHE[key]
+        if key in _CACHE:
+            return _CACHE[key]
+        building = _BUILDING.setdefault(key, threading.Lock())
+    with building:
+        with _LOCK:
+            if key in _CACHE:  # built by the thread we waited for
+                return _CACHE[key]
+            generation = _generation
+        value = build()
+        with _LOCK:
+            if generation == _generation:
+                _CACHE[key] = value
+            if _BUILDING.get(key) is building:
+                del _BUILDING[key]
+        return value
 
 
 def clear() -> None:
-    """Forget every loaded model (e.g. after a file was rewritten, or a test's weights)."""
+    """Forget every loaded model (e.g. after a file was rewritten, or a test's weights).
+    Objects already handed out stay usable by whoever holds them."""
+    global _generation
     with _LOCK:
         _CACHE.clear()
+        _generation += 1

@@ -123,8 +123,15 @@ def _parser() -> argparse.ArgumentParser:
         help="at most N latent patches per denoiser call (lower it if memory runs out)",
     )
     p.add_argument(
+        "--max-memory", default=None, metavar="SIZE",
+        help="memory the computation should fit in, e.g. 6G or 512M: sets the patches per DiT call, the GRM "
+        "tile and the band height; on CUDA out-of-memory the failing step's chunk halves and is retried either way",
+    )
+    p.add_argument(
         "--max-megapixels", type=float, default=None, metavar="MP",
-        help="largest output accepted, in megapixels (default 16)",
+        help="refuse inputs whose x4 output would exceed MP megapixels, from the file's header "
+        "(default: no limit; a header above Pillow's decompression-bomb limit, ~179 MP of input, "
+        "is refused unless this option allows it)",
     )
     p.add_argument(
         "--outscale", type=float, default=None, metavar="S",
@@ -226,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tqdm.auto import tqdm
 
         from patchscaler.image_files import read_image
-        from patchscaler.api import DEFAULT_MAX_OUTPUT_MEGAPIXELS, default_sampler, upscale
+        from patchscaler.api import default_sampler, upscale
         from patchscaler.checkpoints import WeightsNotAvailableError, require
 
         require("grm", args.model)  # a missing model set: one clear line before anything runs
@@ -241,10 +248,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{prog}: note: {str(w.message).removeprefix('patchscaler: ')}", file=sys.stderr)
         else:
             sampler = args.sampler
-        max_mp = args.max_megapixels or DEFAULT_MAX_OUTPUT_MEGAPIXELS
+        max_mp = args.max_megapixels
+        if max_mp is not None and not max_mp > 0:  # also catches nan
+            raise CLIError(f"--max-megapixels must be > 0, got {max_mp:g}")
         from patchscaler.outsize import check_output_size
 
         check_output_size(args.outscale, args.width, args.height, prefix="--")
+        if args.max_memory is not None:
+            from patchscaler.memory_budget import parse_memory
+
+            parse_memory(args.max_memory, "--max-memory")  # a bad size: one line before anything runs
         if args.max_batch_patches is not None and args.max_batch_patches < 1:
             raise CLIError("--max-batch-patches must be >= 1")
         if args.threads is not None:
@@ -262,8 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def process(job: _Job) -> dict:
         """One image: read, upscale, write (atomically); its record for --json and the manifest."""
         start = time.perf_counter()
-        arr, meta = read_image(job.src, max_pixels=max_mp * 1e6 / 16, limit_hint=(
-            f" (its x4 output would be above --max-megapixels {max_mp:g}; raise it to allow)"))
+        if max_mp is None:  # no size limit asked for: only the header's bomb check (Pillow's limit)
+            arr, meta = read_image(job.src, limit_hint="; --max-megapixels MP allows larger images")
+        else:
+            arr, meta = read_image(job.src, max_pixels=max_mp * 1e6 / 16, limit_hint=(
+                f" (its x4 output would be above --max-megapixels {max_mp:g}; raise it to allow)"))
         for note in meta.warnings:
             (tqdm.write if folder else print)(f"{prog}: warning: {note}", file=sys.stderr)
         big = arr.shape[0] * arr.shape[1] >= PATCH_PROGRESS_MIN_PIXELS
@@ -282,8 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             outscale=args.outscale,
             width=args.width,
             height=args.height,
+            memory_budget=args.max_memory,
         )
         write_image_array(out, job.dst, meta)
+        note = gmap.memory_note()
+        if note is not None:
+            (tqdm.write if folder else print)(f"{prog}: note: {job.src}: {note}", file=sys.stderr)
         if gmap.fp32_evaluations:
             (tqdm.write if folder else print)(
                 f"{prog}: warning: {job.src}: {gmap.fp32_evaluations} of {gmap.evaluations} DiT patch-evaluations "

@@ -36,6 +36,9 @@ class GroupMap:
     group_names: names of the groups, easy → hard.
     fp32_evaluations: of this image's patch-evaluations, how many were recomputed in
         float32 because the half-precision DiT's output had a NaN/Inf (0 in float32).
+    dit_batch_halved_to, grm_tile_halved_to: when the device ran out of memory, the
+        Patch-DiT batch (patches) and GRM tile (LR pixels a side) the failed step was
+        retried with, halved as often as needed (None: no out-of-memory).
     """
 
     sampler: str
@@ -49,6 +52,20 @@ class GroupMap:
     group_pixels: Tensor
     group_names: tuple[str, ...] = GROUP_NAMES
     fp32_evaluations: int = 0
+    dit_batch_halved_to: int | None = None
+    grm_tile_halved_to: int | None = None
+
+    def memory_note(self) -> str | None:
+        """One line saying what out-of-memory errors changed, or None."""
+        parts = []
+        if self.dit_batch_halved_to is not None:
+            n = self.dit_batch_halved_to
+            parts.append(f"Patch-DiT batches halved to {n} patch{'es' if n != 1 else ''}")
+        if self.grm_tile_halved_to is not None:
+            parts.append(f"GRM tiles halved to {self.grm_tile_halved_to}x{self.grm_tile_halved_to}")
+        if not parts:
+            return None
+        return "ran out of device memory: " + " and ".join(parts) + ", and only those steps were retried"
 
     @property
     def sampled(self) -> bool:
@@ -78,6 +95,8 @@ class GroupMap:
             }
             out["uniform_evaluations"] = int(self.steps.max()) * int(self.steps.numel()) if self.steps.numel() else 0
             out["fp32_evaluations"] = self.fp32_evaluations
+        out["dit_batch_halved_to"] = self.dit_batch_halved_to
+        out["grm_tile_halved_to"] = self.grm_tile_halved_to
         return out
 
 

@@ -8,8 +8,8 @@ keep, write so that a failure never leaves a half-written file.
   through its embedded ICC profile when it has one (else Pillow's conversion); animated
   GIF/WebP/PNG give their first frame with a warning; 0-byte, truncated and
   undecodable files are a one-line :class:`OSError`; a file whose header claims more
-  pixels than ``max_pixels`` is refused before any pixel is decoded
-  (:class:`ImageTooLargeError`, a ValueError).
+  pixels than ``max_pixels`` (default: Pillow's own decompression-bomb limit) is refused
+  before any pixel is decoded (:class:`ImageTooLargeError`, a ValueError).
 * **Metadata** (:class:`ImageMeta`): the ICC profile (when its colour space fits the
   output), the EXIF block with its orientation reset to 1 (the pixels are already
   upright), and PNG text chunks; :func:`write_image` puts them back where the output
@@ -40,6 +40,7 @@ __all__ = [
     "atomic_write",
     "exif_orientation",
     "keep_pil_info",
+    "pillow_bomb_limit",
     "read_image",
     "read_png16",
     "write_image",
@@ -208,6 +209,17 @@ def _pixels(im, path: Path, meta: ImageMeta) -> np.ndarray:
     return np.asarray(im).copy()
 
 
+def pillow_bomb_limit() -> float | None:
+    """Pixels above which Pillow itself refuses an image as a decompression bomb
+    (``2 × PIL.Image.MAX_IMAGE_PIXELS``, about 179 MP by default; None if the
+    application disabled Pillow's check by setting ``MAX_IMAGE_PIXELS = None``)."""
+    from PIL import Image
+
+    with _PIL_OPEN_LOCK:  # read_image swaps the value while it opens a file
+        limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2.0 * limit
+
+
 def read_image(
     path: str | os.PathLike,
     *,
@@ -217,8 +229,11 @@ def read_image(
     """Read an image file; returns ``(array, meta)`` (see the module docstring).
 
     ``max_pixels``: refuse (``ImageTooLargeError``) files whose header gives more pixels,
-    before decoding; ``limit_hint`` is appended to that message (how to raise the limit).
-    Other failures are an ``OSError`` with a one-line message naming the file.
+    before decoding. Default None: Pillow's own decompression-bomb limit
+    (`pillow_bomb_limit`, ~179 MP), so a tiny file claiming a gigapixel is never decoded
+    unless the caller raised the limit on purpose (``math.inf``: no limit). ``limit_hint``
+    is appended to that message (how to raise the limit). Other failures are an
+    ``OSError`` with a one-line message naming the file.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -228,9 +243,12 @@ def read_image(
     if path.stat().st_size == 0:
         raise OSError(f"cannot read image {path}: the file is empty (0 bytes)")
     meta = ImageMeta()
+    bomb_default = max_pixels is None
+    if bomb_default:
+        max_pixels = pillow_bomb_limit()
     try:
         # Pillow's own bomb check (which warns at 89 MP and refuses at 179 MP) is replaced by
-        # ours, which the caller can raise; open() only reads the header.
+        # ours, the same limit by default, which the caller can raise; open() only reads the header.
         with _PIL_OPEN_LOCK:
             saved = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = None
@@ -243,7 +261,8 @@ def read_image(
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageTooLargeError(
                     f"{path}: {w}x{h} = {w * h / 1e6:.4g} MP is above the input limit of "
-                    f"{max_pixels / 1e6:.4g} MP{limit_hint}"
+                    f"{max_pixels / 1e6:.4g} MP"
+                    + (" (Pillow's decompression-bomb limit)" if bomb_default else "") + limit_hint
                 )
             meta.format = im.format
             frames = getattr(im, "n_frames", 1)

@@ -15,10 +15,23 @@ Per batch of same-size images (`upscale_images` reads in this order):
 4. **Blend** the patches back with the smooth window, **decode** with the codec
    (pixel shuffle), clamp to [0, 1]; a `GroupMap` per image says what happened.
 
+Steps 2–4 stream over **bands** of patch rows (`patchscaler.band_plan`): each band's
+patches are sampled, the rows no later patch reaches are blended, decoded and written
+into the image's preallocated output (`patchscaler.output_buffer`), and only the overlap
+rows' patches are kept for the next band, so the working set grows with the width, not
+the area. Bands of several images share a sampler call up to ``max_lr_pixels_per_run``.
+The result does not depend on the band size (the blend sums each pixel's patches in the
+same order; a patch's samples do not depend on its batch). On an out-of-memory error the
+DiT chunk or the GRM tile halves and that step is retried.
+
 Determinism: a patch's noise comes from its own seed, derived from the user's seed and
-its position in its image, never from a global random stream, so an image's result does
-not depend on the other images in the batch, on chunk sizes or on the device's RNG state
-(up to float rounding of differently-sized matrix products, ~1e-6).
+its position in its image, never from a global random stream, and on the CPU a patch's
+denoiser output does not depend on the other patches of its call (the DiT and the
+texture prompt pad small calls, `patchscaler.models.dit`), so an image's result does not
+depend on chunk sizes, bands or the device's RNG state, bit for bit. The GRM runs on
+same-size images in batches (`LR_PIXELS_PER_UNIT`), and its convs may round differently
+with the batch size (~1e-7): same-size images given together can differ in the last bit
+from the same images given alone. On a GPU, kernels chosen by shape may round differently.
 
 Sampler interface (`patchscaler.sampling.PGSSampler` / `UniformSampler`; tests pass
 their own)::
@@ -30,16 +43,18 @@ their own)::
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from patchscaler.band_plan import Band, BandBlender, band_patch_rows, plan_bands
 from patchscaler.checkpoints import WeightsNotAvailableError, check_model
 from patchscaler.codec import PixelUnshuffleCodec
 from patchscaler.group_map import GROUP_NAMES, GroupMap, group_pixels
 from patchscaler.models.grm import check_tiling, load_grm, restore_tiled
+from patchscaler.output_buffer import FloatOutput
 from patchscaler.patch_plan import PatchPlan, blend_window, plan_patches
 from patchscaler.sampling.pgs import PGSOutput, UniformSampler, derive_seeds, patch_qmap
 from patchscaler.sampling.registry import DEFAULT_MODEL, DEFAULT_QUALITY, SAMPLERS, build_sampler, sampler_available
@@ -59,25 +74,50 @@ DEFAULT_PATCH_OVERLAP = 4
 DEFAULT_MAX_BATCH_PATCHES = 256
 DEFAULT_GRM_TILE = 512  # LR pixels a side: the shipped GRM's widest layer (192 ch) on 512² is 200 MB in fp32
 DEFAULT_GRM_CONTEXT = 16  # > the shipped GRM's receptive radius (10 LR pixels: 10 3×3 convs, bicubic taps 2)
-DEFAULT_MAX_LR_PIXELS_PER_RUN = 1 << 20  # latent pixels denoised per sampler run; bounds the patch state
+# Latent (= LR) pixels per band, the unit the pipeline streams in: a band's working set
+# (its GRM latent, patches, noise, sampler state and prompts) is about 1.3 kB per LR
+# pixel in fp32, so 2^18 LR pixels is ~350 MB whatever the image's size.
+DEFAULT_MAX_LR_PIXELS_PER_RUN = 1 << 18
+# Same-size images share GRM forwards up to this many LR pixels. Fixed, not a memory
+# setting: the GRM's conv results can differ in the last bit with the batch size, and the
+# output must not depend on the memory budget. (The GRM latent of a unit, ~200 MB at this
+# size, lives until its last band.)
+LR_PIXELS_PER_UNIT = 1 << 20
 
 
 @dataclass
 class _Unit:
-    """A batch of same-size images on its way through the pipeline."""
+    """A batch of same-size images on its way through the pipeline, band by band."""
 
     indices: list[int]  # positions in the caller's list
-    lr: Tensor | None  # [B,3,h,w]
-    y0: Tensor | None = None  # [B,C,h,w] float32
+    lr: Tensor  # [B,3,h,w]
+    plan: PatchPlan
+    bands: list[Band]
+    blender: BandBlender
+    outputs: list[Any]  # per image: where its HR rows go (`patchscaler.output_buffer`)
+    y0: Tensor | None = None  # [B,C,h,w] float32: the GRM's latent, from the first band to the last
     conf: Tensor | None = None  # [B,1,h,w] float32
-    plan: PatchPlan | None = None  # latent patches of one image
-    seeds: Tensor | None = None  # [B·P] int64
-    qmap: Tensor | None = None  # [B·P] float32
-    sampled: PGSOutput | None = None  # the sampler's output for this unit's patches
+    grm_tile_halved_to: int | None = None  # the GRM's tile after out-of-memory halvings
+    parts: list[PGSOutput] = field(default_factory=list)  # the sampler's output per band, [B·band patches]
+    qmaps: list[Tensor] = field(default_factory=list)  # per band [B, band patches]
+
+
+@dataclass
+class _Job:
+    """One band of one unit: its GRM latent, patches, seeds and Qmap, then its samples."""
+
+    unit: _Unit
+    band: Band
+    y0: Tensor | None = None  # [B,C,rows,w] float32, the band's latent rows (a view of the unit's)
+    patches: Tensor | None = None  # [B·Pb,C,ph,pw]
+    seeds: Tensor | None = None  # [B·Pb] int64
+    qmap: Tensor | None = None  # [B·Pb] float32
+    sampled: PGSOutput | None = None
 
 
 class PatchScalerPipeline:
-    """LR images → ×s images (module docstring). Build once, call many times.
+    """LR images → ×s images (module docstring). Build once, call many times; one
+    pipeline may be used from several threads at once (a call keeps its state to itself).
 
     Args:
         grm: the GRM module (``lr [B,3,h,w]`` → ``(y0, confidence)``); default: model set
@@ -91,8 +131,9 @@ class PatchScalerPipeline:
         patch_size, patch_overlap: latent patch geometry for the sampler.
         grm_tile: largest LR tile side the GRM sees at once; bigger images are tiled.
         grm_context: tile border (LR pixels) not trusted, ≥ the GRM's receptive radius.
-        max_lr_pixels_per_run: at most this many LR pixels go through one sampler run
-            (whole images; an image never splits across runs).
+        max_lr_pixels_per_run: at most this many LR pixels go through one sampler run:
+            large images are cut into bands of patch rows (at least one patch row per
+            band), small ones share a run.
         quality: PGS preset for a sampler given by name: "fast", "balanced" (default) or "detail".
     """
 
@@ -147,10 +188,30 @@ class PatchScalerPipeline:
         )
 
     @torch.no_grad()
-    def restore(self, lr: Tensor, progress: bool = False) -> tuple[Tensor, Tensor]:
-        """GRM on ``lr [B,3,h,w]`` float [0,1] → ``(y0 [B,C,h,w], conf [B,1,h,w])`` float32."""
+    def restore(self, lr: Tensor, progress: bool = False, on_halve: Callable[[int], None] | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """GRM on ``lr [B,3,h,w]`` float [0,1] → ``(y0 [B,C,h,w], conf [B,1,h,w])`` float32.
+
+        On out-of-memory the tile side halves and this image's GRM runs again (down to
+        the smallest tile `check_tiling` allows, then the error); ``on_halve(tile)`` is told.
+        """
         lr = lr.to(device=self.device, dtype=self.dtype)
-        return restore_tiled(self.grm, lr, self.grm_tile, self.grm_context, progress)
+        tile = self.grm_tile
+        while True:
+            try:
+                return restore_tiled(self.grm, lr, tile, self.grm_context, progress)
+            except torch.OutOfMemoryError:
+                smaller = min(tile, max(lr.shape[-2:])) // 2
+                if smaller <= 2 * self.grm_context + 8:
+                    raise torch.OutOfMemoryError(
+                        f"{self.device} ran out of memory running the GRM even on {tile}x{tile} tiles; "
+                        "free memory on the device, or run on the CPU"
+                    ) from None
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                tile = smaller
+                if on_halve is not None:
+                    on_halve(tile)
 
     @torch.no_grad()
     def upscale_images(
@@ -160,29 +221,40 @@ class PatchScalerPipeline:
         seed: int = 0,
         max_batch_patches: int | None = None,
         progress: bool = False,
-    ) -> list[tuple[Tensor, GroupMap]]:
+        outputs: Sequence[Any] | None = None,
+    ) -> list[tuple[Any, GroupMap]]:
         """Upscale a list of ``[3, h, w]`` (or a ``[B, 3, h, w]`` batch) float images in [0, 1].
 
-        Sizes may differ. Returns, in order, ``(hr [3, s·h, s·w] float32 in [0, 1] on
-        the pipeline's device, GroupMap)`` per image.
+        Sizes may differ. Returns, in order, ``(hr, GroupMap)`` per image: ``hr`` is
+        ``outputs[i]`` when given (an object with ``write(top, rows [3, r, s·w])``, e.g.
+        `patchscaler.output_buffer.ArrayOutput`, filled band by band), else a
+        ``[3, s·h, s·w]`` float32 tensor in [0, 1] on the pipeline's device.
         """
-        results: list[tuple[Tensor, GroupMap] | None] = [None] * len(images)
-        for run in self._runs(self._units(images)):
-            for unit in run:  # 1. GRM, 2. patches
-                unit.y0, unit.conf = self.restore(unit.lr, progress=progress)
-                self._plan(unit, seed)
-            if self.sampler is not None:  # 3. sampler
-                self._sample(run, max_batch_patches, progress)
-            for unit in run:  # 4. blend, decode
-                for i, res in zip(unit.indices, self._finish(unit)):
-                    results[i] = res
-                unit.lr = unit.y0 = unit.conf = None  # free as we go
+        if outputs is not None and len(outputs) != len(images):
+            raise ValueError(f"need one output per image ({len(images)}), got {len(outputs)}")
+        results: list[tuple[Any, GroupMap] | None] = [None] * len(images)
+        bar = self._progress_bar() if progress and self.sampler is not None else None
+        try:
+            for run in self._runs(self._units(images, outputs)):
+                for job in run:  # 1. GRM, 2. patches (of one band)
+                    self._restore_band(job, seed, progress)
+                if self.sampler is not None:  # 3. sampler
+                    self._sample(run, max_batch_patches, bar)
+                for job in run:  # 4. blend, decode into the outputs
+                    self._write_band(job)
+                    if job.band is job.unit.bands[-1]:
+                        for i, res in zip(job.unit.indices, self._finish(job.unit)):
+                            results[i] = res
+        finally:
+            if bar is not None:
+                bar.close()
         return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ stages
 
-    def _units(self, images: Sequence[Tensor] | Tensor) -> list[_Unit]:
-        """Same-size images grouped (they share GRM forwards and gathers), bounded in LR pixels."""
+    def _units(self, images: Sequence[Tensor] | Tensor, outputs: Sequence[Any] | None) -> list[_Unit]:
+        """Same-size images grouped (they share GRM forwards and gathers), bounded in LR pixels,
+        each with its band plan and an output per image."""
         images = list(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
@@ -191,57 +263,84 @@ class PatchScalerPipeline:
             by_size.setdefault(tuple(im.shape[-2:]), []).append(i)
         units = []
         for (h, w), idx in by_size.items():
-            per_run = max(1, self.max_lr_pixels_per_run // (h * w))
+            per_run = max(1, LR_PIXELS_PER_UNIT // (h * w))
+            plan = plan_patches(h, w, self.patch_size, self.patch_overlap)
             for k in range(0, len(idx), per_run):
-                units.append(_Unit(idx[k : k + per_run], torch.stack([images[i] for i in idx[k : k + per_run]])))
+                part = idx[k : k + per_run]
+                B = len(part)
+                rows = band_patch_rows(plan, self.max_lr_pixels_per_run // (B * w))
+                units.append(_Unit(
+                    indices=part,
+                    lr=torch.stack([images[i] for i in part]),
+                    plan=plan,
+                    bands=plan_bands(plan, rows),
+                    blender=BandBlender(plan, self.window, B),
+                    outputs=[outputs[i] if outputs is not None and outputs[i] is not None
+                             else FloatOutput(h * self.scale, w * self.scale, self.device) for i in part],
+                ))
         return units
 
-    def _runs(self, units: list[_Unit]) -> list[list[_Unit]]:
-        """Units packed into sampler runs of at most ``max_lr_pixels_per_run`` LR pixels."""
-        runs: list[list[_Unit]] = []
+    def _runs(self, units: list[_Unit]) -> list[list[_Job]]:
+        """Every unit's bands, in order, packed into sampler runs of at most
+        ``max_lr_pixels_per_run`` LR pixels (a band alone may be more: one patch row)."""
+        runs: list[list[_Job]] = []
         pixels = 0
         for unit in units:
-            n = unit.lr.shape[0] * unit.lr.shape[2] * unit.lr.shape[3]
-            if not runs or pixels + n > self.max_lr_pixels_per_run:
-                runs.append([])
-                pixels = 0
-            runs[-1].append(unit)
-            pixels += n
+            B, _, _, w = unit.lr.shape
+            for band in unit.bands:
+                n = B * (band.latent_rows[1] - band.latent_rows[0]) * w
+                if not runs or pixels + n > self.max_lr_pixels_per_run:
+                    runs.append([])
+                    pixels = 0
+                runs[-1].append(_Job(unit, band))
+                pixels += n
         return runs
 
-    def _plan(self, unit: _Unit, seed: int) -> None:
-        """The unit's patches (padding images smaller than one), their seeds and Qmap."""
-        B, _, h, w = unit.y0.shape
-        unit.plan = plan_patches(h, w, self.patch_size, self.patch_overlap)
-        # Keys (y, x) only: a patch's noise must not depend on its image's batch slot.
-        unit.seeds = derive_seeds(seed, unit.plan.origins()).repeat(B)
-        unit.qmap = patch_qmap(unit.plan.split(unit.conf.contiguous()))
+    def _restore_band(self, job: _Job, seed: int, progress: bool) -> None:
+        """The band's latent rows, patches, seeds and Qmap. The GRM runs on the whole image
+        (tiled) at the unit's first band: a conv over a strip of rows is not bit-identical
+        to the same rows of the whole-image conv (oneDNN picks its algorithm by shape), and
+        its output, at LR size, is a sixteenth of the ×4 image's pixels."""
+        unit, (top, bottom) = job.unit, job.band.latent_rows
+        if unit.y0 is None:
+            unit.y0, unit.conf = self.restore(unit.lr, progress=progress,
+                                              on_halve=lambda tile: setattr(unit, "grm_tile_halved_to", tile))
+        job.y0 = unit.y0[:, :, top:bottom]
+        conf = unit.conf[:, :, top:bottom]
+        plan = unit.plan
+        sub = replace(plan, height=bottom - top, ys=tuple(plan.ys[i] - top for i in job.band.patch_rows))
+        B = job.y0.shape[0]
+        # Keys (y, x) only: a patch's noise must not depend on its image's batch slot or band.
+        origins = sub.origins() + torch.tensor([top, 0])
+        job.seeds = derive_seeds(seed, origins).repeat(B)
+        job.qmap = patch_qmap(sub.split(conf.contiguous()))
+        if self.sampler is not None:
+            job.patches = sub.split(job.y0.contiguous())
+        unit.qmaps.append(job.qmap.cpu().view(B, -1))
 
-    def _sample(self, run: list[_Unit], max_batch_patches: int | None, progress: bool) -> None:
-        """Denoise the patches of every unit of ``run`` in one sampler call."""
-        y0_all = torch.cat([u.plan.split(u.y0.contiguous()) for u in run])
-        q_all = torch.cat([u.qmap for u in run])
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
 
-            total = self._planned_evaluations(q_all)
-            bar = tqdm(total=total, desc=f"{self.sampler_name} denoising", unit="patch-step", leave=False)
-        try:
-            res = self.sampler(
-                y0_all.float(),
-                q_all.float(),
-                seeds=torch.cat([u.seeds for u in run]),
-                max_batch_patches=max_batch_patches or DEFAULT_MAX_BATCH_PATCHES,
-                progress=bar.update if bar is not None else None,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+        return tqdm(desc=f"{self.sampler_name} denoising", unit="patch-step", leave=False)
+
+    def _sample(self, run: list[_Job], max_batch_patches: int | None, bar) -> None:
+        """Denoise the patches of every band of ``run`` in one sampler call."""
+        planned = self._planned_evaluations(torch.cat([j.qmap for j in run])) if bar is not None else None
+        if bar is not None and planned is not None:
+            bar.total = (bar.total or 0) + planned
+            bar.refresh()
+        res = self.sampler(
+            torch.cat([j.patches for j in run]).float(),
+            torch.cat([j.qmap for j in run]).float(),
+            seeds=torch.cat([j.seeds for j in run]),
+            max_batch_patches=max_batch_patches or DEFAULT_MAX_BATCH_PATCHES,
+            progress=bar.update if bar is not None else None,
+        )
         start = 0
-        for u in run:
-            u.sampled = res.part(start, start + u.qmap.shape[0])
-            start += u.qmap.shape[0]
+        for job in run:
+            job.sampled = res.part(start, start + job.qmap.shape[0])
+            start += job.qmap.shape[0]
+            job.patches = None
 
     def _planned_evaluations(self, qmap: Tensor) -> int | None:
         """Σ steps the sampler will take, when it exposes its grouping (for the progress bar)."""
@@ -252,38 +351,59 @@ class PatchScalerPipeline:
         n = torch.tensor([steps for _, steps in config.groups])
         return int(n[assign(qmap).cpu()].sum())
 
-    def _finish(self, unit: _Unit) -> list[tuple[Tensor, GroupMap]]:
-        """Blend (if sampled), decode and package the unit's images."""
-        B, _, h, w = unit.y0.shape
-        plan, out, n = unit.plan, unit.sampled, unit.plan.num_patches
-        fp32 = out.fp32_steps if out is not None and out.fp32_steps is not None else torch.zeros(B * n, dtype=torch.long)
-        if out is not None:
-            latent = plan.merge(out.x0.float().contiguous(), self.window)
-            group, steps = out.group.long().cpu(), out.steps.long().cpu()
-            gpx = group_pixels(plan, out.group.long().to(self.device), self.window)
+    def _write_band(self, job: _Job) -> None:
+        """Blend the band's final rows (the GRM latent for "none"), decode, write to the outputs."""
+        unit, band = job.unit, job.band
+        a, b = band.final_rows
+        if job.sampled is not None:
+            latent = unit.blender.add(band, job.sampled.x0.float())
+            unit.parts.append(replace(job.sampled, x0=job.sampled.x0[:0]))  # the counts; x0 is blended
+            job.sampled = None
         else:
-            latent = unit.y0
-            group = torch.full((B * n,), -1, dtype=torch.long)
-            steps = torch.zeros(B * n, dtype=torch.long)
-            gpx = torch.full((B, h, w), -1, dtype=torch.long)
+            latent = job.y0[:, :, a - band.latent_rows[0] : b - band.latent_rows[0]]
+        job.y0 = None
         hr = self.codec.decode(latent.float()).clamp_(0, 1)
+        for out, rows in zip(unit.outputs, hr):
+            out.write(a * self.scale, rows)
+
+    def _finish(self, unit: _Unit) -> list[tuple[Any, GroupMap]]:
+        """Package the unit's images: its outputs and a GroupMap each."""
+        B, _, h, w = unit.lr.shape
+        plan, n = unit.plan, unit.plan.num_patches
+        qmap = torch.cat(unit.qmaps, dim=1)  # [B, P], bands side by side = the plan's row-major order
+        if unit.parts:
+            def per_image(field_of) -> Tensor:
+                return torch.cat([field_of(p).cpu().view(B, -1) for p in unit.parts], dim=1)
+
+            group, steps = per_image(lambda p: p.group.long()), per_image(lambda p: p.steps.long())
+            fp32 = per_image(lambda p: p.fp32_steps if p.fp32_steps is not None else torch.zeros_like(p.steps))
+            halved = [p.batch_halved_to for p in unit.parts if p.batch_halved_to is not None]
+            gpx = group_pixels(plan, group.reshape(-1).to(self.device), self.window)
+        else:
+            group = torch.full((B, n), -1, dtype=torch.long)
+            steps = fp32 = torch.zeros(B, n, dtype=torch.long)
+            gpx = torch.full((B, h, w), -1, dtype=torch.long)
+            halved = []
         origins = plan.origins()
         results = []
         for i in range(B):
-            sl = slice(i * n, (i + 1) * n)
             gmap = GroupMap(
                 sampler=self.sampler_name,
                 scale=self.scale,
                 patch_size=self.patch_size,
                 origins=origins,
-                qmap=unit.qmap[sl].float().cpu(),
-                group=group[sl],
-                steps=steps[sl],
+                qmap=qmap[i].float(),
+                group=group[i],
+                steps=steps[i],
                 confidence=unit.conf[i].float().cpu(),
                 group_pixels=gpx[i],
-                fp32_evaluations=int(fp32[sl].sum()),
+                fp32_evaluations=int(fp32[i].sum()),
+                dit_batch_halved_to=min(halved) if halved else None,
+                grm_tile_halved_to=unit.grm_tile_halved_to,
             )
-            results.append((hr[i], gmap))
+            out = unit.outputs[i]
+            results.append((out.tensor if isinstance(out, FloatOutput) else out, gmap))
+        unit.lr = unit.y0 = unit.conf = None  # type: ignore[assignment]
         return results
 
 

@@ -213,6 +213,8 @@ def test_bad_inputs_name_the_argument(fake_models, x, exc, match):
         (dict(dtype="fp8"), ValueError, "dtype"),
         (dict(max_batch_patches=0), ValueError, "max_batch_patches"),
         (dict(max_output_megapixels=0.01), ValueError, "max_output_megapixels=0.01"),
+        (dict(max_output_megapixels=0), ValueError, "max_output_megapixels must be a positive number"),
+        (dict(max_output_megapixels=-3.0), ValueError, "max_output_megapixels must be a positive number"),
     ],
 )
 def test_bad_options(fake_models, kwargs, exc, match):

@@ -152,6 +152,22 @@ def test_too_large_image_is_a_clear_failure(fake_models, tmp_path, capsys):
     assert "--max-megapixels 0.01" in err and "40x40" in err  # refused from the header, before decoding
 
 
+def test_no_size_limit_by_default(fake_models, tmp_path, capsys):
+    # 1040x1040 -> 4160x4160 = 17.3 MP: above the old default limit of 16 MP.
+    Image.fromarray(_rgb(1040, 1040)).save(tmp_path / "big.png")
+    assert main([str(tmp_path / "big.png"), "--sampler", "none", "-q", "-o", str(tmp_path / "out.png")]) == 0
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.size == (4160, 4160)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_bad_max_megapixels_is_one_line(fake_models, tmp_path, capsys, value):
+    Image.fromarray(_rgb(3, 3)).save(tmp_path / "a.png")
+    assert main([str(tmp_path / "a.png"), "--sampler", "none", "--max-megapixels", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-megapixels must be > 0" in err[0]
+
+
 def test_missing_dit_weights_exit_2(tmp_path, capsys, weights_dir):
     write_model_set(weights_dir, "bicubic", dit=False)
     Image.fromarray(_rgb(3, 3)).save(tmp_path / "a.png")

@@ -104,6 +104,10 @@ class PatchDiTConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+# Rows the per-patch conditioning vectors are padded to in `PatchDiT.net` (batch invariance).
+_MIN_VECTOR_ROWS = 16
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Timesteps ``[P]`` (int or float, in [0, T)) → sinusoidal features ``[P, dim]`` float32."""
     half = dim // 2
@@ -177,7 +181,8 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x: Tensor, c: Tensor, ctx: Tensor) -> Tensor:
-        s1, m1, g1, s2, m2, g2, s3, m3, g3 = self.ada(c).chunk(9, dim=1)
+        # c may carry padding rows (`PatchDiT.net`): keep x's patches only.
+        s1, m1, g1, s2, m2, g2, s3, m3, g3 = self.ada(c)[: x.shape[0]].chunk(9, dim=1)
         x = x + g1[:, None] * self.attn(_modulate(self.norm1(x), s1, m1))
         x = x + g2[:, None] * self.cross(_modulate(self.norm2(x), s2, m2), ctx)
         x = x + g3[:, None] * self.mlp(_modulate(self.norm3(x), s3, m3))
@@ -243,10 +248,11 @@ class PatchDiT(nn.Module):
         return self.config.prediction
 
     def _pos_embed(self, gh: int, gw: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        key = (gh, gw)
-        if key not in self._pos_cache:
-            self._pos_cache[key] = _sincos_pos_embed(self.config.width, gh, gw)
-        return self._pos_cache[key].to(device=device, dtype=dtype)
+        table = self._pos_cache.get((gh, gw))
+        if table is None:
+            # setdefault: threads sharing the model that race here all use the first table stored.
+            table = self._pos_cache.setdefault((gh, gw), _sincos_pos_embed(self.config.width, gh, gw))
+        return table.to(device=device, dtype=dtype)
 
     def encode_prompt(
         self, values: Tensor | None, scores: Tensor | None, batch: int | None = None, drop: Tensor | None = None
@@ -269,11 +275,21 @@ class PatchDiT(nn.Module):
         dtype = self.patch_embed.weight.dtype
         x = self.patch_embed(torch.cat([y0, y_t], dim=1).to(dtype))  # [P,d,gh,gw]
         x = x.flatten(2).transpose(1, 2) + self._pos_embed(gh, gw, x.device, dtype)
-        c = self.t_embed(timestep_embedding(t.to(x.device), 256).to(dtype))
+        # The per-patch vectors (timestep embedding, adaLN regressions) go through Linear
+        # layers with one row per patch. CPU GEMM takes another kernel for a handful of rows
+        # (up to 10 with this PyTorch's CPU BLAS) whose sums round differently, so a patch's
+        # output would depend on how many patches share its call. With at least
+        # _MIN_VECTOR_ROWS rows every call takes the same kernel and a patch's result does
+        # not depend on its batch (the pipeline's band streaming is bit-exact because of it);
+        # the padding rows (copies of the first timestep) are dropped after each regression.
+        t = t.to(x.device)
+        if P < _MIN_VECTOR_ROWS:
+            t = torch.cat([t, t[:1].expand(_MIN_VECTOR_ROWS - P)])
+        c = self.t_embed(timestep_embedding(t, 256).to(dtype))
         prompt = prompt.to(dtype)
         for blk in self.blocks:
             x = blk(x, c, prompt)
-        shift, scale = self.final_ada(c).chunk(2, dim=1)
+        shift, scale = self.final_ada(c)[:P].chunk(2, dim=1)
         x = self.final(_modulate(self.final_norm(x), shift, scale))  # [P, gh·gw, p·p·C]
         x = x.view(P, gh, gw, p, p, C).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(P, C, h, w)
@@ -286,8 +302,8 @@ class PatchDiT(nn.Module):
     def _abar(self, t: Tensor) -> Tensor:
         """ᾱ at timesteps ``t [P]`` → ``[P,1,1,1]`` float64 on t's device."""
         table = self._alphas_by_device.get(t.device)
-        if table is None:
-            table = self._alphas_by_device[t.device] = self._alphas_cumprod.to(t.device)
+        if table is None:  # setdefault: safe when threads sharing the model race here
+            table = self._alphas_by_device.setdefault(t.device, self._alphas_cumprod.to(t.device))
         return table[t.long()].view(-1, 1, 1, 1)
 
     def _output_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:

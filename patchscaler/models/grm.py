@@ -163,11 +163,29 @@ def restore_tiled(
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, desc="GRM tiles", unit="batch", leave=False)
-    outs = [grm(chunk) for chunk in chunks]
     weights = _tile_weights(plan, context, B).to(lr.device)
-    y0 = plan.merge(torch.cat([y.float() for y, _ in outs]), weights=weights)
-    conf = plan.merge(torch.cat([c.float() for _, c in outs]), weights=weights)
-    return y0, conf
+    origins = plan.batch_origins(B).tolist()
+    # Each tile's output is added into the sums as soon as it exists, instead of keeping
+    # every tile and merging at the end (which held the latent ~3 times over). Tiles are
+    # added in tile order, the order `PatchPlan.merge` sums them in, so the result is
+    # bit for bit the same.
+    y0 = num_conf = den = None
+    done = 0
+    for chunk in chunks:
+        y, c = grm(chunk)
+        if y0 is None:
+            y0 = torch.zeros(B, y.shape[1], h, w, device=lr.device)
+            num_conf = torch.zeros(B, c.shape[1], h, w, device=lr.device)
+            den = torch.zeros(B, 1, h, w, device=lr.device)
+        for k in range(y.shape[0]):
+            b, oy, ox = origins[done + k]
+            wk = weights[done + k]
+            region = (b, slice(None), slice(oy, oy + th), slice(ox, ox + tw))
+            y0[region] += y[k].float() * wk
+            num_conf[region] += c[k].float() * wk
+            den[region] += wk
+        done += y.shape[0]
+    return y0.div_(den), num_conf.div_(den)
 
 
 def _tile_weights(plan: PatchPlan, context: int, batch: int) -> Tensor:

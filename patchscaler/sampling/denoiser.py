@@ -38,6 +38,10 @@ from patchscaler.models.rtm import ReferenceTextureMemory, load_rtm
 
 __all__ = ["PatchDenoiser", "DiTDenoiser"]
 
+# Patches `DiTDenoiser.condition` pads a small chunk to, so that its result does not
+# depend on the chunk's size (see there); the DiT pads its own per-patch vectors alike.
+MIN_BATCH_ROWS = 16
+
 
 class PatchDenoiser(Protocol):
     prediction: str
@@ -128,13 +132,19 @@ class DiTDenoiser:
         prompts, scores, index = [], [], []
         k = self.dit.config.top_k
         for y in y0.split(self.chunk):
+            n = y.shape[0]
+            if n < MIN_BATCH_ROWS:
+                # The texture encoder's and prompt encoder's per-patch Linear layers take
+                # another CPU GEMM kernel for a handful of rows (rounding differently), so a
+                # patch's prompt would depend on its batch: pad with copies, drop them after.
+                y = torch.cat([y, y[:1].expand(MIN_BATCH_ROWS - n, *y.shape[1:])])
             if self.rtm is not None:
                 s, i = self.rtm.search(y, min(k, len(self.rtm)))
-                prompts.append(self.dit.encode_prompt(self.rtm.lookup(i), s))
-                scores.append(s)
-                index.append(i)
+                prompts.append(self.dit.encode_prompt(self.rtm.lookup(i), s)[:n])
+                scores.append(s[:n])
+                index.append(i[:n])
             else:
-                prompts.append(self.dit.encode_prompt(None, None, batch=y.shape[0]))
+                prompts.append(self.dit.encode_prompt(None, None, batch=y.shape[0])[:n])
         cond = {"y0": y0, "prompt": torch.cat(prompts) if prompts else y0.new_zeros(0, 0, self.dit.config.width)}
         if self.rtm is not None:
             cond["rtm_scores"] = torch.cat(scores) if scores else y0.new_zeros(0, 0)

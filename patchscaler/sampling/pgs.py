@@ -161,6 +161,8 @@ class PGSOutput:
     fp32_reruns: chunks whose half-precision output had a NaN/Inf and were run again in
         float32 (0 for a float32 denoiser); fp32_steps: ``[P]`` int64 (CPU), how many of
         each patch's steps came from such a rerun (None: zeros).
+    batch_halved_to: when the device ran out of memory, the chunk was halved and that
+        step retried; the chunk size the call ended with (None: it never ran out).
     """
 
     x0: Tensor
@@ -171,6 +173,7 @@ class PGSOutput:
     iterations: int
     fp32_reruns: int = 0
     fp32_steps: Tensor | None = None
+    batch_halved_to: int | None = None  # patches per denoiser call after out-of-memory halvings (None: none)
 
     def __iter__(self) -> Iterator[Tensor]:
         return iter((self.x0, self.group, self.steps))
@@ -187,7 +190,8 @@ class PGSOutput:
         steps = self.steps[sl]
         fp32 = self.fp32_steps[sl] if self.fp32_steps is not None else None
         return PGSOutput(
-            self.x0[sl], self.group[sl], steps, int(steps.sum()), self.dit_calls, self.iterations, self.fp32_reruns, fp32
+            self.x0[sl], self.group[sl], steps, int(steps.sum()), self.dit_calls, self.iterations, self.fp32_reruns, fp32,
+            self.batch_halved_to,
         )
 
 
@@ -249,6 +253,19 @@ def patch_noise(
     if not gens:
         return torch.zeros(0, *shape)
     return torch.stack([torch.randn(tuple(shape), generator=g) for g in gens])
+
+
+def _halve_chunk(size: int, device: torch.device) -> int:
+    """The chunk size after an out-of-memory error on a chunk of ``size`` patches; a clear
+    ``torch.OutOfMemoryError`` when one patch was already too many."""
+    if size <= 1:
+        raise torch.OutOfMemoryError(
+            f"{device} ran out of memory running the Patch-DiT on a single patch; free memory on the device, "
+            "or run on the CPU"
+        )
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # hand back what the failed chunk held before the retry
+    return max(1, size // 2)
 
 
 class PGSSampler:
@@ -344,14 +361,24 @@ class PGSSampler:
         # the finite check of a half-precision chunk.
         steps_host = steps.cpu()
         iterations = int(steps_host.max())
+        limit, halved = max_batch_patches, None
         for j in range(iterations):
-            active = torch.nonzero(steps_host > j).squeeze(1)
-            for idx_host in active.split(max_batch_patches):
+            pending = list(torch.nonzero(steps_host > j).squeeze(1).split(limit))
+            while pending:
+                idx_host = pending.pop(0)
                 idx = idx_host.to(device, non_blocking=True)
                 g = group[idx]
                 t, t_next = table[g, j], table[g, j + 1]
                 x, c = x_all[idx], {k: v[idx] for k, v in cond.items()}
-                out = self.denoiser(x, t, c)
+                try:
+                    out = self.denoiser(x, t, c)
+                except torch.OutOfMemoryError:
+                    # Retry this chunk (only) in halves, and keep the smaller size for the
+                    # rest of the call; a patch's result does not depend on its chunk.
+                    del x, c
+                    limit = halved = _halve_chunk(idx_host.numel(), device)
+                    pending[:0] = list(idx_host.split(limit))
+                    continue
                 if guard and not bool(torch.isfinite(out).all()):
                     out = self._rerun_fp32(x, t, c)
                     fp32_reruns += 1
@@ -361,7 +388,7 @@ class PGSSampler:
                 dit_calls += 1
                 if progress is not None:
                     progress(idx.numel())
-        return PGSOutput(x_all, group, steps, evaluations, dit_calls, iterations, fp32_reruns, fp32_steps)
+        return PGSOutput(x_all, group, steps, evaluations, dit_calls, iterations, fp32_reruns, fp32_steps, halved)
 
     def _half_precision_guard(self) -> bool:
         """Whether chunks are checked: a half-precision denoiser that can compute in float32."""
