@@ -88,6 +88,47 @@ def test_bf16_autocast_forward():
     assert y0.dtype == torch.float32 and conf.dtype == torch.float32
 
 
+def _random_grm(dtype=torch.float32) -> GRM:
+    """A GRM whose every weight is random (the initial tail is zero, which would hide the body)."""
+    torch.manual_seed(1)
+    model = GRM(GRMConfig(channels=16, blocks=2, expand=4, conf_channels=8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.15)
+    return model.to(dtype).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 67, 45), (3, 9, 13), (1, 1, 1)])
+def test_inference_strip_path_equals_the_training_path(shape, threads, dtype, monkeypatch):
+    # CPU inference (no grad) runs channels-last with the 1×1 convolutions as strip
+    # matmuls (`WideBlock._forward_strips`); with grad on, the plain module path runs.
+    # Same math: equal up to float rounding. 67·45 pixels is more than one 2048 strip
+    # and not a multiple of it; a batch of 3 puts strips across image boundaries.
+    import patchscaler.models.grm as grm_mod
+
+    model = _random_grm(dtype)
+    lr = torch.rand(shape[0], 3, *shape[1:]).to(dtype)
+    calls = []
+    real = grm_mod.WideBlock._forward_strips
+    monkeypatch.setattr(grm_mod.WideBlock, "_forward_strips", lambda self, x: calls.append(1) or real(self, x))
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y_ref, c_ref = model(lr)  # grad enabled: the module path
+        assert not calls
+        with torch.no_grad():
+            y, c = model(lr)
+    finally:
+        torch.set_num_threads(old_threads)
+    assert len(calls) == 2  # both blocks took the strip path
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(y, y_ref.detach(), **tol)
+    torch.testing.assert_close(c, c_ref.detach(), **tol)
+    assert y.is_contiguous() and c.is_contiguous()
+
+
 def test_load_grm_shipped_weights():
     if not weights_file("grm").is_file():
         pytest.skip(f"no exported GRM weights at {weights_file('grm')}")

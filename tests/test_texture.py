@@ -75,3 +75,17 @@ def test_encode_gives_key_and_values_of_one_pass():
         k, v = enc.encode(x)
         torch.testing.assert_close(k, enc(x))
         torch.testing.assert_close(v, enc.value_tokens(x))
+
+
+def test_cpu_inference_chunks_equal_the_autograd_path():
+    # Without autograd on the CPU, `encode` runs chunks of 64 patches channels-last;
+    # 150 patches = two full chunks and a partial one.
+    torch.manual_seed(0)
+    enc = TextureEncoder(TextureEncoderConfig(widths=(8, 16, 16), key_dim=8)).eval()
+    x = torch.randn(150, 48, 16, 16)
+    key_ref, val_ref = enc.encode(x)
+    with torch.no_grad():
+        key, val = enc.encode(x)
+    torch.testing.assert_close(key, key_ref.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(val, val_ref.detach(), atol=1e-5, rtol=1e-5)
+    assert key.shape == (150, 8) and val.shape == (150, 4, 16) and val.is_contiguous()

@@ -41,6 +41,7 @@ denoising step.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import asdict, dataclass, fields
@@ -132,6 +133,23 @@ def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+@functools.cache
+def _fused_linear_gelu_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN's fused linear + tanh-GELU (``torch.ops.mkldnn._linear_pointwise``, the
+    op PyTorch's own compiler emits for this pattern) exists in this PyTorch build for
+    ``dtype`` on the CPU and matches the unfused layers on a probe. It is not public API:
+    any failure means the unfused path, which computes the same function."""
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(s, generator=g).to(dtype) for s in ((3, 5, 16), (24, 16), (24,)))
+        fused = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "tanh")
+        unfused = F.gelu(F.linear(x.float(), w.float(), b.float()), approximate="tanh")
+        tol = 1e-5 if dtype == torch.float32 else 3e-2  # bf16 rounds the product's output
+        return fused.dtype == dtype and bool(torch.allclose(fused.float(), unfused, atol=tol, rtol=tol))
+    except Exception:  # op missing (no mkldnn, no bf16 support) or a changed signature
+        return False
+
+
 class _Attention(nn.Module):
     """Multi-head attention of ``x [P,N,d]`` over ``ctx [P,L,d]`` (``ctx=None``: self-attention)."""
 
@@ -187,6 +205,33 @@ class DiTBlock(nn.Module):
         x = x + g2[:, None] * self.cross(_modulate(self.norm2(x), s2, m2), ctx)
         x = x + g3[:, None] * self.mlp(_modulate(self.norm3(x), s3, m3))
         return x
+
+    def forward_inference(self, x: Tensor, mod: Tensor, ctx: Tensor) -> Tensor:
+        """`forward` without autograd, given the modulation ``mod [P, 9, 1, d]`` already
+        laid out by `PatchDiT` (rows shift, 1 + scale, gate per branch; see `_inference_mods`).
+
+        Same math as `forward`; the residual updates ``x`` in place with one fused
+        ``addcmul_`` per branch, and each modulation is one ``addcmul`` (x·(1+scale) +
+        shift in one pass instead of three). ``x`` must be a tensor the caller owns.
+        """
+        d = x.shape[-1]
+        x.addcmul_(mod[:, 2], self.attn(torch.addcmul(mod[:, 0], F.layer_norm(x, (d,), eps=1e-6), mod[:, 1])))
+        x.addcmul_(mod[:, 5], self.cross(torch.addcmul(mod[:, 3], F.layer_norm(x, (d,), eps=1e-6), mod[:, 4]), ctx))
+        x.addcmul_(mod[:, 8], self._mlp_inference(torch.addcmul(mod[:, 6], F.layer_norm(x, (d,), eps=1e-6), mod[:, 7])))
+        return x
+
+    def _mlp_inference(self, x: Tensor) -> Tensor:
+        """`self.mlp(x)`, on the CPU in float32 with the first linear layer, its bias and the
+        tanh GELU fused in one oneDNN call (`_fused_linear_gelu`): ATen's tanh GELU alone
+        took 15 % of a DiT forward at 1 thread, and the unfused bias add copies the
+        4×-wide activation once more. bf16 too (2× faster there: the GELU reads the fp32
+        accumulator instead of a bf16-rounded copy)."""
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _fused_linear_gelu_available(x.dtype):
+            h = torch.ops.mkldnn._linear_pointwise(x, fc1.weight, fc1.bias, "gelu", [], "tanh")
+        else:
+            h = F.gelu(fc1(x), approximate="tanh")
+        return fc2(h)
 
 
 class PatchDiT(nn.Module):
@@ -264,13 +309,112 @@ class PatchDiT(nn.Module):
         """
         return self.prompt_encoder(values, scores, batch=batch, drop=drop)
 
-    def net(self, y_t: Tensor, t: Tensor, y0: Tensor, prompt: Tensor) -> Tensor:
-        """The raw network output F ``[P, C, h, w]`` (parameter dtype); see the class docstring."""
+    def _patchify(self, y: Tensor) -> Tensor:
+        """``[P, C, h, w]`` → ``[P, gh·gw, C·p·p]`` (parameter dtype): the inputs of the
+        patch embedding's stride-p convolution as rows, in its weight's (C, p, p) order."""
+        P, C, h, w = y.shape
+        p = self.config.patch_size
+        y = y.to(self.patch_embed.weight.dtype).view(P, C, h // p, p, w // p, p)
+        return y.permute(0, 2, 4, 1, 3, 5).reshape(P, (h // p) * (w // p), C * p * p)
+
+    def _embed_weights(self) -> tuple[Tensor, Tensor]:
+        """The patch embedding as two matrices ``[d, C·p·p]``: the y0 half and the y_t half."""
+        w = self.patch_embed.weight  # [d, 2C, p, p]; input channels are cat([y0, y_t])
+        C = self.config.latent_channels
+        return w[:, :C].reshape(w.shape[0], -1), w[:, C:].reshape(w.shape[0], -1)
+
+    def embed_y0(self, y0: Tensor) -> Tensor:
+        """The part of the token embedding that depends on ``y0 [P, C, h, w]`` only: y0's half
+        of the patch embedding, its bias and the position embedding, ``[P, gh·gw, width]``
+        (parameter dtype). ``net(..., y0_embed=embed_y0(y0))`` then skips it at every step;
+        a sampler computes it once per patch (`patchscaler.sampling.DiTDenoiser.condition`)."""
+        p = self.config.patch_size
+        w0, _ = self._embed_weights()
+        x = F.linear(self._patchify(y0), w0, self.patch_embed.bias)
+        return x.add_(self._pos_embed(y0.shape[2] // p, y0.shape[3] // p, x.device, x.dtype))
+
+    def _inference_mods(self, t: Tensor, dtype: torch.dtype) -> tuple[Tensor, list[Tensor], Tensor]:
+        """Timestep conditioning for `_net_inference`: ``(c [U, d], per-block mods [P, 9, 1, d],
+        final (shift, 1 + scale) [P, 2, 1, d])``.
+
+        c depends on t alone, and a chunk holds patches of a few timesteps (one per group
+        at a loop iteration), so on the CPU the timestep MLP and every adaLN regression run
+        once per distinct t (U rows) and are then gathered per patch. On other devices
+        ``torch.unique`` would read back from the device, so there U = P.
+        """
+        if t.device.type == "cpu":
+            t_u, inverse = torch.unique(t, return_inverse=True)
+        else:
+            t_u, inverse = t, None
+        U = t_u.shape[0]
+        if U < _MIN_VECTOR_ROWS:
+            # As in `net`: padded to the rows that keep one GEMM kernel for every call, so a
+            # patch's conditioning does not depend on which timesteps share its chunk.
+            t_u = torch.cat([t_u, t_u[:1].expand(_MIN_VECTOR_ROWS - U)])
+        c = self.t_embed(timestep_embedding(t_u, 256).to(dtype))
+        c_act = F.silu(c)  # each ada is Sequential(SiLU, Linear): the SiLU is shared
+
+        def per_patch(lin: nn.Linear, n: int) -> Tensor:
+            # Rows (shift, scale, gate) per branch, or (shift, scale) for the final layer.
+            m = F.linear(c_act, lin.weight, lin.bias).view(-1, n, 1, c.shape[1])  # [U, n, 1, d]
+            m[:, 1 :: (3 if n == 9 else 2)].add_(1)  # scale → 1 + scale
+            return m[:U] if inverse is None else m[inverse]
+
+        mods = [per_patch(blk.ada[1], 9) for blk in self.blocks]
+        return c[:U], mods, per_patch(self.final_ada[1], 2)
+
+    def _net_inference(self, y_t: Tensor, t: Tensor, y0: Tensor, prompt: Tensor, y0_embed: Tensor | None) -> Tensor:
+        """`net` without autograd: the same math arranged for speed (see `net`)."""
+        P = y_t.shape[0]
+        if P < _MIN_VECTOR_ROWS:
+            # Per-patch rows (the prompt's keys/values: a few tokens a patch) would take the
+            # small-row GEMM kernel: pad the chunk with copies of its first patch, as `net`
+            # pads its conditioning, so a patch's output does not depend on its chunk.
+            def pad(v: Tensor) -> Tensor:
+                return torch.cat([v, v[:1].expand(_MIN_VECTOR_ROWS - P, *v.shape[1:])])
+
+            out = self._net_inference(
+                pad(y_t), pad(t), pad(y0), pad(prompt), None if y0_embed is None else pad(y0_embed)
+            )
+            return out[:P]
+        cfg = self.config
+        P, C, h, w = y_t.shape
+        p = cfg.patch_size
+        gh, gw = h // p, w // p
+        dtype = self.patch_embed.weight.dtype
+        if y0_embed is None:
+            y0_embed = self.embed_y0(y0)
+        _, w_t = self._embed_weights()
+        # x = W_t·patches(y_t) + (W_0·patches(y0) + b + pos): the stride-p convolution as
+        # one matmul, with y0's half added as the addmm's bias term.
+        n_tok, d = gh * gw, cfg.width
+        x = torch.addmm(y0_embed.to(dtype).reshape(P * n_tok, d), self._patchify(y_t).view(P * n_tok, -1), w_t.t())
+        x = x.view(P, n_tok, d)
+        _, mods, final = self._inference_mods(t.to(x.device), dtype)
+        prompt = prompt.to(dtype)
+        for blk, mod in zip(self.blocks, mods):
+            x = blk.forward_inference(x, mod, prompt)
+        x = torch.addcmul(final[:, 0], F.layer_norm(x, (cfg.width,), eps=1e-6), final[:, 1])
+        x = self.final(x)  # [P, gh·gw, p·p·C]
+        x = x.view(P, gh, gw, p, p, C).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(P, C, h, w)
+
+    def net(self, y_t: Tensor, t: Tensor, y0: Tensor, prompt: Tensor, y0_embed: Tensor | None = None) -> Tensor:
+        """The raw network output F ``[P, C, h, w]`` (parameter dtype); see the class docstring.
+
+        ``y0_embed``: `embed_y0` of ``y0``, if the caller has it (inference only; it is
+        computed here otherwise). Without autograd this runs `_net_inference`, the same
+        function with the patch embedding as matmuls, the timestep conditioning once per
+        distinct t and fused in-place residual updates (equal to the autograd path up to
+        float rounding, ~1e-6; tests/test_dit.py).
+        """
         cfg = self.config
         P, C, h, w = y_t.shape
         p = cfg.patch_size
         if y0.shape != y_t.shape or C != cfg.latent_channels or h % p or w % p:
             raise ValueError(f"y_t {tuple(y_t.shape)} / y0 {tuple(y0.shape)} do not fit {cfg}")
+        if not torch.is_grad_enabled():
+            return self._net_inference(y_t, t, y0, prompt, y0_embed)
         gh, gw = h // p, w // p
         dtype = self.patch_embed.weight.dtype
         x = self.patch_embed(torch.cat([y0, y_t], dim=1).to(dtype))  # [P,d,gh,gw]
@@ -347,7 +491,8 @@ class PatchDiT(nn.Module):
         if self.config.anchor_sigma is None:
             return f.float()
         cy, c0, cf = self._output_coefficients(t)
-        return cy * y_t.float() + c0 * y0.float() + cf * f.float()
+        # (cy·y_t + c0·y0) + cf·F, each "+ c·a" one fused pass over the fresh result.
+        return (cy * y_t.float()).addcmul_(c0, y0.float()).addcmul_(cf, f.float())
 
     def predict_x0(self, y_t: Tensor, t: Tensor, y0: Tensor, prompt: Tensor) -> Tensor:
         """x̂0 ``[P,C,h,w]`` float32 (for evaluation; sampling goes through `forward`)."""
@@ -361,8 +506,8 @@ class PatchDiT(nn.Module):
             return (y_t.float() - (1 - a).sqrt() * m) / a.sqrt()
         return a.sqrt() * y_t.float() - (1 - a).sqrt() * m
 
-    def forward(self, y_t: Tensor, t: Tensor, y0: Tensor, prompt: Tensor) -> Tensor:
-        return self.output_from_net(self.net(y_t, t, y0, prompt), y_t, t, y0)
+    def forward(self, y_t: Tensor, t: Tensor, y0: Tensor, prompt: Tensor, y0_embed: Tensor | None = None) -> Tensor:
+        return self.output_from_net(self.net(y_t, t, y0, prompt, y0_embed), y_t, t, y0)
 
 
 def save_dit(model: PatchDiT, path: str | os.PathLike, extra_metadata: dict | None = None, half: bool = True) -> None:

@@ -58,7 +58,61 @@ class WideBlock(nn.Module):
         self.spatial = nn.Conv2d(narrow, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if _strip_path(x):
+            return self._forward_strips(x)
         return x + self.spatial(self.reduce(F.relu(self.expand(x), inplace=True)))
+
+    def _forward_strips(self, x: Tensor) -> Tensor:
+        """`forward` for a channels-last ``x`` without autograd (CPU inference), same math.
+
+        The two 1×1 convolutions are matrix products over pixels, done in strips
+        of pixels (`_strip_pixels`) so that the ``expand``-wide activation of a strip
+        stays in cache instead of a ``[B, 4C, h, w]`` tensor that at 256² LR is 50 MB of fresh
+        memory per block (its page faults alone cost more than the matmul). On one
+        CPU thread PyTorch would also run the batch-1 1×1 convolutions through its slow
+        im2col path. Measured 1.8× faster for the whole GRM on 256² LR, 1 thread
+        (benchmarks/results/pgs-cpu-speed.md). Returns channels-last ``[B, C, h, w]``.
+        """
+        B, C, H, W = x.shape
+        wide, narrow = self.expand.out_channels, self.reduce.out_channels
+        we, wr = self.expand.weight.view(wide, C), self.reduce.weight.view(narrow, wide)
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, C)  # a view: channels-last memory is [B·H·W, C]
+        mid = x.new_empty(B, H, W, narrow)
+        mid_rows = mid.view(-1, narrow)
+        strip = _strip_pixels()
+        for start in range(0, pixels.shape[0], strip):
+            sl = slice(start, start + strip)
+            h = F.linear(pixels[sl], we, self.expand.bias).relu_()
+            torch.addmm(self.reduce.bias, h, wr.t(), out=mid_rows[sl])
+        # In place on the conv's fresh output: x + y == y + x exactly, without another
+        # [B,C,h,w] allocation.
+        return self.spatial(mid.permute(0, 3, 1, 2)).add_(x)
+
+
+def _strip_pixels() -> int:
+    """Pixels per strip of `WideBlock._forward_strips`.
+
+    One thread: 2048 (× 192 channels fp32 = 1.5 MiB, within a core's L2; 256² LR GRM
+    0.61 s against 1.08 s for one 65536-pixel strip). More threads: every strip's matmul
+    is an OpenMP parallel region that waits for its slowest thread, and on a machine whose
+    cores are shared (the development machine runs training jobs) a thread loses its
+    core for a scheduler slice at a time: measured at 2 threads, 2048-pixel strips took
+    12.4 s and 65536-pixel strips 1.5 s (the old NCHW path 2.8 s). So with threads, few
+    large strips.
+    """
+    return 2048 if torch.get_num_threads() == 1 else 65536
+
+
+def _strip_path(x: Tensor) -> bool:
+    """Whether `WideBlock` takes its strip path: CPU inference on a channels-last tensor
+    (no autograd, no autocast: `addmm(out=...)` needs the parameters' dtype)."""
+    return (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 class GRM(nn.Module):
@@ -99,7 +153,12 @@ class GRM(nn.Module):
         return self.codec.encode(up)
 
     def features(self, lr: Tensor) -> Tensor:
-        x = self.head(lr - self.rgb_mean.to(lr.dtype))
+        x = lr - self.rgb_mean.to(lr.dtype)
+        if lr.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+            # CPU inference runs channels-last: oneDNN's 3×3 convolutions take it
+            # natively and `WideBlock` then does its 1×1 pair as strip matmuls.
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.head(x)
         return x + self.body(x)
 
     def forward(self, lr: Tensor) -> tuple[Tensor, Tensor]:

@@ -120,12 +120,26 @@ class TextureEncoder(nn.Module):
 
     def encode(self, latent: Tensor) -> tuple[Tensor, Tensor]:
         """Key and value tokens with one trunk pass: ``[N,48,h,w]`` → ``([N,key_dim], [N,g²,C])``."""
+        if latent.device.type == "cpu" and not torch.is_grad_enabled() and latent.shape[0] > _CPU_CHUNK:
+            # CPU inference: chunks of patches whose activations stay in cache (every op
+            # here acts on each patch alone, so the result is the same).
+            keys, values = zip(*(self.encode(c) for c in latent.split(_CPU_CHUNK)))
+            return torch.cat(keys), torch.cat(values)
+        if latent.device.type == "cpu" and not torch.is_grad_enabled():
+            # oneDNN's convolutions are faster channels-last (0.39 s -> 0.27 s for the 441
+            # query patches of a 256² image with the chunking above, 1 thread).
+            latent = latent.contiguous(memory_format=torch.channels_last)
         f = self.features(latent)
         flat = f.flatten(2)
         pooled = torch.cat([flat.mean(-1), flat.float().std(-1, unbiased=False).to(f.dtype)], dim=1)
         key = F.normalize(self.head(pooled), dim=-1)
         values = F.adaptive_avg_pool2d(f, self.config.value_grid).flatten(2).transpose(1, 2).contiguous()
         return key, values
+
+
+# Patches per CPU inference chunk of `TextureEncoder.encode`: 64 × 48 × 16 × 16 fp32 is
+# 3 MiB per activation (32-64 measured best, 512 1.4x slower).
+_CPU_CHUNK = 64
 
 
 def _fourier_features(x: Tensor, dim: int, max_freq: float = 32.0) -> Tensor:
