@@ -105,8 +105,18 @@ class PatchDiTConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# Rows the per-patch conditioning vectors are padded to in `PatchDiT.net` (batch invariance).
-_MIN_VECTOR_ROWS = 16
+# Batch invariance on the CPU: a Linear layer over a handful of rows (up to 10 with this
+# PyTorch's CPU BLAS) takes another GEMM kernel, whose sums round differently, so a row's
+# result would depend on how many rows share the call. Calls with fewer rows than this are
+# padded (`pad_rows`) and the padding dropped after: the DiT's per-patch conditioning and
+# small chunks here, the texture and prompt encoders in `sampling.denoiser`.
+MIN_GEMM_ROWS = 16
+
+
+def pad_rows(v: Tensor, rows: int = MIN_GEMM_ROWS) -> Tensor:
+    """``v`` with copies of its first row appended up to ``rows`` rows (``v`` itself if it has as many)."""
+    n = v.shape[0]
+    return v if n >= rows else torch.cat([v, v[:1].expand(rows - n, *v.shape[1:])])
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -347,10 +357,7 @@ class PatchDiT(nn.Module):
         else:
             t_u, inverse = t, None
         U = t_u.shape[0]
-        if U < _MIN_VECTOR_ROWS:
-            # As in `net`: padded to the rows that keep one GEMM kernel for every call, so a
-            # patch's conditioning does not depend on which timesteps share its chunk.
-            t_u = torch.cat([t_u, t_u[:1].expand(_MIN_VECTOR_ROWS - U)])
+        t_u = pad_rows(t_u)  # MIN_GEMM_ROWS: not depending on which timesteps share the chunk
         c = self.t_embed(timestep_embedding(t_u, 256).to(dtype))
         c_act = F.silu(c)  # each ada is Sequential(SiLU, Linear): the SiLU is shared
 
@@ -366,15 +373,12 @@ class PatchDiT(nn.Module):
     def _net_inference(self, y_t: Tensor, t: Tensor, y0: Tensor, prompt: Tensor, y0_embed: Tensor | None) -> Tensor:
         """`net` without autograd: the same math arranged for speed (see `net`)."""
         P = y_t.shape[0]
-        if P < _MIN_VECTOR_ROWS:
+        if P < MIN_GEMM_ROWS:
             # Per-patch rows (the prompt's keys/values: a few tokens a patch) would take the
-            # small-row GEMM kernel: pad the chunk with copies of its first patch, as `net`
-            # pads its conditioning, so a patch's output does not depend on its chunk.
-            def pad(v: Tensor) -> Tensor:
-                return torch.cat([v, v[:1].expand(_MIN_VECTOR_ROWS - P, *v.shape[1:])])
-
+            # small-row GEMM kernel: pad the chunk, so a patch's output does not depend on it.
             out = self._net_inference(
-                pad(y_t), pad(t), pad(y0), pad(prompt), None if y0_embed is None else pad(y0_embed)
+                pad_rows(y_t), pad_rows(t), pad_rows(y0), pad_rows(prompt),
+                None if y0_embed is None else pad_rows(y0_embed),
             )
             return out[:P]
         cfg = self.config
@@ -420,15 +424,9 @@ class PatchDiT(nn.Module):
         x = self.patch_embed(torch.cat([y0, y_t], dim=1).to(dtype))  # [P,d,gh,gw]
         x = x.flatten(2).transpose(1, 2) + self._pos_embed(gh, gw, x.device, dtype)
         # The per-patch vectors (timestep embedding, adaLN regressions) go through Linear
-        # layers with one row per patch. CPU GEMM takes another kernel for a handful of rows
-        # (up to 10 with this PyTorch's CPU BLAS) whose sums round differently, so a patch's
-        # output would depend on how many patches share its call. With at least
-        # _MIN_VECTOR_ROWS rows every call takes the same kernel and a patch's result does
-        # not depend on its batch (the pipeline's band streaming is bit-exact because of it);
-        # the padding rows (copies of the first timestep) are dropped after each regression.
-        t = t.to(x.device)
-        if P < _MIN_VECTOR_ROWS:
-            t = torch.cat([t, t[:1].expand(_MIN_VECTOR_ROWS - P)])
+        # layers with one row per patch: padded to MIN_GEMM_ROWS (see there), the padding
+        # rows dropped after each regression.
+        t = pad_rows(t.to(x.device))
         c = self.t_embed(timestep_embedding(t, 256).to(dtype))
         prompt = prompt.to(dtype)
         for blk in self.blocks:

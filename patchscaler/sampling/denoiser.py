@@ -33,14 +33,10 @@ import torch
 from torch import Tensor
 
 from patchscaler.checkpoints import weights_file
-from patchscaler.models.dit import PatchDiT, load_dit
+from patchscaler.models.dit import PatchDiT, load_dit, pad_rows
 from patchscaler.models.rtm import ReferenceTextureMemory, load_rtm
 
 __all__ = ["PatchDenoiser", "DiTDenoiser"]
-
-# Patches `DiTDenoiser.condition` pads a small chunk to, so that its result does not
-# depend on the chunk's size (see there); the DiT pads its own per-patch vectors alike.
-MIN_BATCH_ROWS = 16
 
 
 class PatchDenoiser(Protocol):
@@ -142,11 +138,9 @@ class DiTDenoiser:
         k = self.dit.config.top_k
         for y in y0.split(self.chunk):
             n = y.shape[0]
-            if n < MIN_BATCH_ROWS:
-                # The texture encoder's and prompt encoder's per-patch Linear layers take
-                # another CPU GEMM kernel for a handful of rows (rounding differently), so a
-                # patch's prompt would depend on its batch: pad with copies, drop them after.
-                y = torch.cat([y, y[:1].expand(MIN_BATCH_ROWS - n, *y.shape[1:])])
+            # The texture and prompt encoders' per-patch Linear layers: padded so that a
+            # patch's prompt does not depend on its chunk (`models.dit.MIN_GEMM_ROWS`).
+            y = pad_rows(y)
             embeds.append(self.dit.embed_y0(y)[:n])
             if self.rtm is not None:
                 s, i = self.rtm.search(y, min(k, len(self.rtm)))
