@@ -27,7 +27,7 @@ __all__ = ["MIN_BUDGET", "ChunkSizes", "chunk_sizes", "parse_memory"]
 BAND_BYTES_PER_LR_PIXEL = 1300
 GRM_BYTES_PER_LR_PIXEL = 3000
 DIT_BYTES_PER_PATCH = 1 << 20
-MIN_GRM_TILE = 64  # > 2·grm_context + 8 for the default context of 16
+MIN_GRM_TILE = 64  # > 2·grm_context + 8 for GRMs of up to 23 blocks (`GRMConfig.receptive_radius`)
 MIN_BUDGET = 64 << 20  # below this even the smallest chunks do not fit
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

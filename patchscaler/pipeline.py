@@ -73,7 +73,7 @@ DEFAULT_PATCH_SIZE = 16  # latent pixels (= 64×64 HR pixels at ×4), SPEC §2
 DEFAULT_PATCH_OVERLAP = 4
 DEFAULT_MAX_BATCH_PATCHES = 256
 DEFAULT_GRM_TILE = 512  # LR pixels a side: the shipped GRM's widest layer (192 ch) on 512² is 200 MB in fp32
-DEFAULT_GRM_CONTEXT = 16  # > the shipped GRM's receptive radius (10 LR pixels: 10 3×3 convs, bicubic taps 2)
+DEFAULT_GRM_CONTEXT = 16  # for a GRM without a config; a `GRM`'s own is `GRMConfig.receptive_radius`
 # Latent (= LR) pixels per band, the unit the pipeline streams in: a band's working set
 # (its GRM latent, patches, noise, sampler state and prompts) is about 1.3 kB per LR
 # pixel in fp32, so 2^18 LR pixels is ~350 MB whatever the image's size.
@@ -130,7 +130,9 @@ class PatchScalerPipeline:
             Samplers keep their patch state in float32 whatever the dtype.
         patch_size, patch_overlap: latent patch geometry for the sampler.
         grm_tile: largest LR tile side the GRM sees at once; bigger images are tiled.
-        grm_context: tile border (LR pixels) not trusted, ≥ the GRM's receptive radius.
+        grm_context: tile border (LR pixels) not trusted, ≥ the GRM's receptive radius
+            (default: the GRM's `GRMConfig.receptive_radius`, or `DEFAULT_GRM_CONTEXT`
+            for a module without a config).
         max_lr_pixels_per_run: at most this many LR pixels go through one sampler run:
             large images are cut into bands of patch rows (at least one patch row per
             band), small ones share a run.
@@ -150,7 +152,7 @@ class PatchScalerPipeline:
         patch_size: int = DEFAULT_PATCH_SIZE,
         patch_overlap: int = DEFAULT_PATCH_OVERLAP,
         grm_tile: int = DEFAULT_GRM_TILE,
-        grm_context: int = DEFAULT_GRM_CONTEXT,
+        grm_context: int | None = None,
         max_lr_pixels_per_run: int = DEFAULT_MAX_LR_PIXELS_PER_RUN,
         quality: str = DEFAULT_QUALITY,
     ):
@@ -159,17 +161,20 @@ class PatchScalerPipeline:
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = dtype or torch.float32
-        check_tiling(grm_tile, grm_context)
         if not 0 <= patch_overlap < patch_size:
             raise ValueError(f"need 0 <= patch_overlap < patch_size, got {patch_overlap}, {patch_size}")
         self.patch_size, self.patch_overlap = int(patch_size), int(patch_overlap)
-        self.grm_tile, self.grm_context = int(grm_tile), int(grm_context)
         self.max_lr_pixels_per_run = int(max_lr_pixels_per_run)
         self.codec = codec if codec is not None else PixelUnshuffleCodec(self.scale)
         if grm is None:
             self.grm = load_grm(self.scale, self.device, self.dtype, model=self.model)
         else:
             self.grm = _on(grm, self.device, self.dtype)
+        if grm_context is None:
+            config = getattr(self.grm, "config", None)
+            grm_context = getattr(config, "receptive_radius", DEFAULT_GRM_CONTEXT)
+        check_tiling(grm_tile, grm_context)
+        self.grm_tile, self.grm_context = int(grm_tile), int(grm_context)
         if isinstance(sampler, str) or sampler is None:
             self.sampler_name = (sampler or "none").lower()
             self.sampler = build_sampler(self.sampler_name, self.model, self.device, self.dtype, quality)

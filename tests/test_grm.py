@@ -221,3 +221,48 @@ def test_ddp_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
     ck = torch.load(multi / "last.pt", weights_only=False)
     assert ck["step"] == 3
     assert all(torch.equal(states[0][k], v) for k, v in ck["model"].items())  # rank 0 checkpointed the trained weights
+
+
+def test_grow_blocks_keeps_the_function_and_then_trains():
+    """--grow-blocks: the deeper GRM starts as the exact function of the shallower one,
+    and its new blocks get gradients (they are not dead: their 1×1 weights are random)."""
+    from patchscaler.train.grm import grow_blocks
+
+    torch.manual_seed(0)
+    cfg = GRMConfig(channels=8, blocks=2, expand=2, conf_channels=4)
+    small = GRM(cfg)
+    torch.nn.init.normal_(small.tail.weight, std=0.1)  # a non-trivial function (the fresh tail is 0)
+    state, grown = grow_blocks(small.state_dict(), cfg, 4)
+    assert grown.blocks == 4 and cfg.blocks == 2
+    deep = GRM(grown)
+    deep.load_state_dict(state)
+    lr = torch.rand(2, 3, 11, 13)
+    y_small, c_small = small(lr)
+    y_deep, c_deep = deep(lr)
+    torch.testing.assert_close(y_deep, y_small, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(c_deep, c_small, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(y_small, GRM(cfg)(lr)[0])  # the check above could fail
+    y_deep.square().mean().backward()
+    assert deep.body[3].spatial.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="fewer"):
+        grow_blocks(small.state_dict(), cfg, 1)
+
+
+def test_receptive_radius_is_exact():
+    """`GRMConfig.receptive_radius` (the pipeline's default tile context): an input pixel
+    that far from an output pixel changes it, one farther does not."""
+    torch.manual_seed(0)
+    cfg = GRMConfig(channels=8, blocks=3, expand=2, conf_channels=4)
+    grm = GRM(cfg).eval()
+    torch.nn.init.normal_(grm.tail.weight, std=0.2)
+    r, c = cfg.receptive_radius, 30
+    lr = torch.rand(1, 3, 61, 61)
+    with torch.no_grad():
+        y, conf = grm(lr)
+        changed = []
+        for d in (r, r + 1):
+            moved = lr.clone()
+            moved[0, :, c, c + d] += 0.5
+            y2, conf2 = grm(moved)
+            changed.append(bool((y2[..., c, c] != y[..., c, c]).any() or (conf2[..., c, c] != conf[..., c, c]).any()))
+    assert changed == [True, False]

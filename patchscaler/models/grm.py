@@ -46,6 +46,13 @@ class GRMConfig:
     def from_dict(cls, d: dict) -> "GRMConfig":
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
+    @property
+    def receptive_radius(self) -> int:
+        """LR pixels an output pixel depends on, each side: y0 sees the head, one 3×3 per
+        block and the tail (blocks + 2) plus the bicubic base's ±2 taps; the confidence
+        head sees the head, the blocks and its three 3×3 convolutions (blocks + 4)."""
+        return self.blocks + 4
+
 
 class WideBlock(nn.Module):
     """WDSR-B block: ``x + conv3x3(conv1x1(relu(conv1x1(x))))``; ``[B, C, h, w]`` → same."""

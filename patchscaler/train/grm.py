@@ -88,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(validation LR then made by the same pipeline, seeded per image)",
     )
     p.add_argument("--init", default=None, help="start a fresh run from these GRM weights (safetensors or .pt)")
+    p.add_argument("--grow-blocks", type=int, default=None,
+                   help="with --init: deepen the trunk to this many blocks (new blocks start as the identity, so the "
+                        "run starts from the init model's exact function)")
     p.add_argument("--workers", type=int, default=1, help="processes preparing real-degradation batches")
     return p.parse_args(argv)
 
@@ -99,6 +102,26 @@ def load_grm_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
         return model.state_dict(), asdict(model.config)
     ck = torch.load(path, map_location="cpu", weights_only=False)
     return ck["ema"], ck["config"]
+
+
+def grow_blocks(state: dict[str, torch.Tensor], cfg: GRMConfig, blocks: int) -> tuple[dict[str, torch.Tensor], GRMConfig]:
+    """``state`` of a GRM with ``cfg.blocks`` trunk blocks → the state of one with ``blocks``,
+    computing the same function: the new blocks are appended with fresh 1×1 weights and a
+    zero 3×3 convolution, so each adds 0 to its input until training moves it. (Depth, not
+    width: it widens the receptive field, which blur kernels and JPEG blocks need, and
+    a residual block has an exact identity to start from.)"""
+    if blocks < cfg.blocks:
+        raise ValueError(f"--grow-blocks {blocks} is fewer than the init model's {cfg.blocks} blocks")
+    grown = GRMConfig.from_dict(asdict(cfg) | {"blocks": blocks})
+    model = GRM(grown)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("body.") for k in missing):
+        raise ValueError(f"cannot grow this state: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        for block in list(model.body)[cfg.blocks:]:
+            block.spatial.weight.zero_()
+            block.spatial.bias.zero_()
+    return model.state_dict(), grown
 
 
 def lr_at(step: int, a: argparse.Namespace) -> float:
@@ -222,6 +245,8 @@ def train(a: argparse.Namespace) -> GRM | None:
     elif a.init:
         init_state, init_config = load_grm_state(a.init)
         cfg = GRMConfig.from_dict(init_config)
+        if a.grow_blocks is not None:
+            init_state, cfg = grow_blocks(init_state, cfg, a.grow_blocks)
     else:
         cfg = GRMConfig(scale=a.scale, channels=a.channels, blocks=a.blocks, expand=a.expand)
     torch.manual_seed(a.seed)
