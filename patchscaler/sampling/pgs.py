@@ -10,7 +10,15 @@ Per latent patch ``p`` with coarse latent ``y0[p]`` and mean GRM confidence ``q[
    share its batch;
 3. ``N_g`` DDIM (η = 0) steps along `ddim_timesteps(T_g, N_g)` to x̂0.
 
-First step from y0 alone (``PGSConfig.first_step_t``, the `real` set): where the GRM's
+Matched start (``PGSConfig.start_sigma`` = σ): the DiT is trained on noised x0, and
+with ``x0 = y0 + r``, ``r ~ N(0, σ²)`` (the model its preconditioning assumes) a noised
+x0 is distributed as ``sqrt(ᾱ)·y0 + sqrt(ᾱσ² + 1−ᾱ)·ε``: the shortcut with the GRM's
+error added to the noise. Starting there puts the first step's input in the DiT's
+training distribution; the plain shortcut lacks that share of variance, which a DiT
+reads as detail it must keep (it passes the start noise on) once σ is as large as the
+noise (the `real` GRM: σ = 0.22 against a noise std of 0.24 at t = 150).
+
+First step from y0 alone (``PGSConfig.first_step_t``): where the GRM's
 error is as large as the noise at T_g, a DiT cannot tell the shortcut start from a noised
 x0 and passes its noise on as "detail" (`benchmarks/results/dit-real-shortcut.md`). With
 ``first_step_t = T−1`` (the schedule's last timestep, ᾱ ≈ 2e-9) each patch's first step
@@ -101,6 +109,10 @@ class PGSConfig:
     first_step_t: None (SPEC): group g visits `ddim_timesteps(T_g, N_g)`. A timestep
         (≥ every T_g; T−1 in practice): every patch starts there and its first step jumps
         to its group's second timestep (module docstring), see `timesteps`.
+    start_sigma: None (SPEC): the shortcut start ``sqrt(ᾱ)·y0 + sqrt(1−ᾱ)·ε``. A σ (the
+        DiT's ``anchor_sigma``, the RMS of the GRM's error): the start is
+        ``sqrt(ᾱ)·y0 + sqrt(ᾱσ² + 1−ᾱ)·ε``, the distribution of a noised x0 when
+        ``x0 = y0 + N(0, σ²)`` (module docstring).
     """
 
     gammas: tuple[float, float] = (0.7, 0.4)
@@ -112,6 +124,7 @@ class PGSConfig:
     calibration: dict | None = field(default=None, compare=False)
     presets: dict | None = field(default=None, compare=False)
     first_step_t: int | None = None
+    start_sigma: float | None = None
 
     def __post_init__(self):
         self.gammas = tuple(float(g) for g in self.gammas)
@@ -132,6 +145,8 @@ class PGSConfig:
                     f"first_step_t must lie in [{top}, {self.num_train_timesteps}) (no lower than a group's start), "
                     f"got {self.first_step_t}"
                 )
+        if self.start_sigma is not None and not self.start_sigma >= 0:
+            raise ValueError(f"start_sigma must be >= 0 or None, got {self.start_sigma}")
         if self.prediction not in (None, "eps", "v"):
             raise ValueError(f"prediction must be None, 'eps' or 'v', got {self.prediction!r}")
 
@@ -377,6 +392,11 @@ class PGSSampler:
         noise = patch_noise(y0_patches.shape[1:], seeds, generators).to(device)
 
         ac = self.alphas_cumprod.to(device)
+        if self.config.start_sigma is not None:
+            # sqrt(1−ᾱ)·(noise·k) = sqrt(ᾱσ² + 1−ᾱ)·noise: the start of a noised x0 = y0 + N(0, σ²).
+            a = ac[t_start[group]].to(torch.float64)
+            k = ((a * self.config.start_sigma**2 + 1 - a) / (1 - a)).sqrt().float()
+            noise = noise * k.view(-1, *([1] * (noise.dim() - 1)))
         # The state of every patch stays float32 whatever the model's dtype: it is
         # updated in place N times and fp16 rounding would accumulate.
         x_all = torch.ops.patchscaler.shortcut_noise(y0_patches.float().contiguous(), noise, t_start[group], ac)
