@@ -5,8 +5,6 @@ start, then DDIM η=0 along `ddim_step_pairs`), one patch at a time; the sampler
 match it for every patch whatever the batching.
 """
 
-from dataclasses import replace
-
 import pytest
 import torch
 
@@ -69,16 +67,12 @@ class WobblyDenoiser:
         return 0.6 * torch.tanh(y_t) + s * cond["w"] - 0.2 * cond["y0"]
 
 
-def reference_trajectory(model, y0, noise, t_start, n_steps, clip=1.0, first_step_t=None):
-    """One patch, plain torch: shortcut noising then n DDIM steps. y0, noise: [C,h,w].
-    first_step_t: start there instead and jump to the second timestep (`PGSConfig.first_step_t`)."""
-    pairs = ddim_step_pairs(t_start, n_steps)
-    if first_step_t is not None:
-        pairs[0] = (first_step_t, pairs[0][1])
-    a = AC[pairs[0][0]].float()
+def reference_trajectory(model, y0, noise, t_start, n_steps, clip=1.0):
+    """One patch, plain torch: shortcut noising then n DDIM steps. y0, noise: [C,h,w]."""
+    a = AC[t_start].float()
     x = a.sqrt() * y0 + (1 - a).sqrt() * noise
     cond = model.condition(y0[None])
-    for t, tn in pairs:
+    for t, tn in ddim_step_pairs(t_start, n_steps):
         m = model(x[None], torch.tensor([t]), cond)[0]
         a = AC[t].float()
         a_next = torch.tensor(1.0) if tn < 0 else AC[tn].float()
@@ -139,41 +133,6 @@ def test_ragged_batches_equal_each_patch_alone(prediction):
         t0, n = CONFIG.groups[g]
         ref = reference_trajectory(model, y0[p], noise[p], t0, n)
         torch.testing.assert_close(out.x0[p], ref, atol=1e-5, rtol=1e-5)
-
-
-def test_first_step_from_y0_alone():
-    """first_step_t: every patch starts from the shortcut at that timestep and its first
-    step jumps to its group's second timestep; the work is unchanged."""
-    prediction = "v"
-    y0, qmap, seeds = _patches(17, seed=5)
-    cfg = PGSConfig(gammas=(0.7, 0.35), groups=((150, 1), (350, 3), (600, 5)), first_step_t=999)
-    assert cfg.timesteps(0) == [999] and cfg.timesteps(1) == [999, 233, 117]
-    model = WobblyDenoiser(prediction)
-    out = PGSSampler(model, cfg)(y0, qmap, seeds, max_batch_patches=6)
-    plain = PGSSampler(WobblyDenoiser(prediction), replace(cfg, first_step_t=None))(y0, qmap, seeds)
-    assert out.evaluations == plain.evaluations == int(out.steps.sum())
-    noise = patch_noise(SHAPE, seeds)
-    for p in range(17):
-        t0, n = cfg.groups[int(out.group[p])]
-        ref = reference_trajectory(model, y0[p], noise[p], t0, n, first_step_t=999)
-        torch.testing.assert_close(out.x0[p], ref, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(out.x0, plain.x0, atol=1e-3)
-    # An oracle still lands on x0 (its estimate at t = 999 is exact).
-    oracle = PGSSampler(OracleDenoiser(prediction), cfg)(y0, qmap, seeds)
-    torch.testing.assert_close(oracle.x0, target_x0(y0), atol=2e-4, rtol=1e-4)
-
-
-def test_first_step_t_is_validated_and_saved(tmp_path):
-    cfg = PGSConfig(first_step_t=999)
-    cfg.save(tmp_path / "pgs.json")
-    assert PGSConfig.load(tmp_path / "pgs.json").first_step_t == 999
-    assert PGSConfig.load(tmp_path / "pgs.json").preset  # presets keep it (dataclass replace)
-    with pytest.raises(ValueError, match="first_step_t"):
-        PGSConfig(groups=((150, 1), (350, 4), (600, 12)), first_step_t=500)  # below the hard group's start
-    with pytest.raises(ValueError, match="first_step_t"):
-        PGSConfig(first_step_t=1000)
-    with pytest.raises(ValueError, match="v-prediction"):
-        PGSSampler(OracleDenoiser("eps"), cfg)  # x̂0 from ε̂ near ᾱ = 0 is ill-conditioned
 
 
 def test_work_is_sum_of_group_sizes_times_steps():

@@ -73,18 +73,6 @@ def test_train_resume_export_init(photos, tmp_path):
     assert cfg.groups[0] == (100, 1) and cfg.groups[1] == (250, 2) and cfg.groups[2] in ((450, 3), (600, 4))
     assert set(cfg.presets) == {"fast", "detail"} and cfg.preset("fast").groups == cfg.groups
     assert cfg.calibration["results"]["pgs"]["evaluations"] <= cfg.calibration["results"]["uniform"]["evaluations"]
-    assert cfg.first_step_t is None
-
-    # --first-step-t: the config carries it (every group's first step from y0 alone).
-    assert calibrate_pgs.main([
-        "--data", str(photos), "--out", str(tmp_path / "cal_top"), "--cache", str(out / "pool.pt"), "--grm-checkpoint",
-        "bicubic", "--rtm", "none", "--dit", str(exported), "--crops", "4", "--threads", "1",
-        "--grid-simple", "100:1", "--grid-medium", "250:2", "--grid-hard", "600:3", "--budget", "1.0",
-        "--first-step-t", "999", "--export-to", str(cfg_path),
-    ]) == 0
-    cfg = PGSConfig.load(cfg_path)
-    assert cfg.first_step_t == 999 and cfg.timesteps(2) == [999, 400, 200]
-    assert all(k.endswith(":from999") for k in cfg.calibration["sweep"])
 
     # --init starts a new run from those weights.
     fresh = tmp_path / "fresh"
@@ -252,24 +240,3 @@ def test_train_with_shortcut_inputs_logs_the_shortcut_validation(photos, tmp_pat
     assert train_dit.main(_args(photos, out, "--steps", "2", "--shortcut-prob", "0.5")) == 0
     val = [line for line in (out / "train.log").read_text().splitlines() if "val step 2" in line]
     assert val and "shortcut_x0_mse_t600=" in val[0]
-
-
-def test_top_t_draws_put_a_share_at_the_last_timestep():
-    """--top-t-prob: that share of the patches trains at T−1 (from y0 alone), the rest on U{0..t_max}."""
-    a = train_dit.parse_args(["--top-t-prob", "0.3", "--t-max", "600"])
-    gen = torch.Generator().manual_seed(0)
-    t, eps, drop, shortcut = train_dit.training_draws(4000, a, 1000, gen, gen, (4000, 2), torch.device("cpu"))
-    top = t == 999
-    assert 0.27 < float(top.float().mean()) < 0.33
-    assert int(t[~top].max()) <= 600 and not shortcut.any() and eps.shape == (4000, 2)
-    a0 = train_dit.parse_args([])
-    t0, *_ = train_dit.training_draws(4000, a0, 1000, torch.Generator().manual_seed(0), gen, (4000, 2), torch.device("cpu"))
-    assert int(t0.max()) <= a0.t_max
-
-
-@pytest.mark.filterwarnings("ignore:using an untrained GRM")
-def test_train_from_y0_alone_logs_the_last_timestep(photos, tmp_path):
-    out = tmp_path / "top"
-    assert train_dit.main(_args(photos, out, "--steps", "2", "--top-t-prob", "0.5")) == 0
-    val = [line for line in (out / "train.log").read_text().splitlines() if "val step 2" in line]
-    assert val and "x0_mse_t999=" in val[0]

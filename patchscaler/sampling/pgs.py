@@ -10,24 +10,6 @@ Per latent patch ``p`` with coarse latent ``y0[p]`` and mean GRM confidence ``q[
    share its batch;
 3. ``N_g`` DDIM (η = 0) steps along `ddim_timesteps(T_g, N_g)` to x̂0.
 
-Matched start (``PGSConfig.start_sigma`` = σ): the DiT is trained on noised x0, and
-with ``x0 = y0 + r``, ``r ~ N(0, σ²)`` (the model its preconditioning assumes) a noised
-x0 is distributed as ``sqrt(ᾱ)·y0 + sqrt(ᾱσ² + 1−ᾱ)·ε``: the shortcut with the GRM's
-error added to the noise. Starting there puts the first step's input in the DiT's
-training distribution; the plain shortcut lacks that share of variance, which a DiT
-reads as detail it must keep (it passes the start noise on) once σ is as large as the
-noise (the `real` GRM: σ = 0.22 against a noise std of 0.24 at t = 150).
-
-First step from y0 alone (``PGSConfig.first_step_t``): where the GRM's
-error is as large as the noise at T_g, a DiT cannot tell the shortcut start from a noised
-x0 and passes its noise on as "detail" (`benchmarks/results/dit-real-shortcut.md`). With
-``first_step_t = T−1`` (the schedule's last timestep, ᾱ ≈ 2e-9) each patch's first step
-is taken there instead: its start is pure noise, the DiT (trained there with
-``train.dit --top-t-prob``) estimates x̂0 from y0 and the texture prompt alone, and the
-DDIM update jumps to the group's second timestep, i.e. to ``sqrt(ᾱ)·x̂0 + sqrt(1−ᾱ)·ε``:
-the shortcut of the remaining ``N_g − 1`` steps is anchored on the DiT's x̂0 instead of
-the GRM's y0. The number of evaluations is unchanged; a 1-step group returns that x̂0.
-
 The ragged scheduler runs every group in one loop. At global iteration ``j`` the active
 set is every patch with ``N_g > j`` (from any group, any image); it is cut into chunks
 of at most ``max_batch_patches``, the denoiser runs once per chunk, and
@@ -106,13 +88,6 @@ class PGSConfig:
     presets: {"fast": {"gammas": [γ1, γ2], ...}, "detail": {...}}: other thresholds for
         the same (T_i, N_i), from the calibration (`preset`): "fast" puts more patches in
         the cheap groups, "detail" more in the hard one.
-    first_step_t: None (SPEC): group g visits `ddim_timesteps(T_g, N_g)`. A timestep
-        (≥ every T_g; T−1 in practice): every patch starts there and its first step jumps
-        to its group's second timestep (module docstring), see `timesteps`.
-    start_sigma: None (SPEC): the shortcut start ``sqrt(ᾱ)·y0 + sqrt(1−ᾱ)·ε``. A σ (the
-        DiT's ``anchor_sigma``, the RMS of the GRM's error): the start is
-        ``sqrt(ᾱ)·y0 + sqrt(ᾱσ² + 1−ᾱ)·ε``, the distribution of a noised x0 when
-        ``x0 = y0 + N(0, σ²)`` (module docstring).
     """
 
     gammas: tuple[float, float] = (0.7, 0.4)
@@ -123,8 +98,6 @@ class PGSConfig:
     num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
     calibration: dict | None = field(default=None, compare=False)
     presets: dict | None = field(default=None, compare=False)
-    first_step_t: int | None = None
-    start_sigma: float | None = None
 
     def __post_init__(self):
         self.gammas = tuple(float(g) for g in self.gammas)
@@ -137,16 +110,6 @@ class PGSConfig:
             if not 0 <= t < self.num_train_timesteps:
                 raise ValueError(f"start timestep {t} outside [0, {self.num_train_timesteps})")
             ddim_timesteps(t, n)  # validates n
-        if self.first_step_t is not None:
-            self.first_step_t = int(self.first_step_t)
-            top = max(t for t, _ in self.groups)
-            if not top <= self.first_step_t < self.num_train_timesteps:
-                raise ValueError(
-                    f"first_step_t must lie in [{top}, {self.num_train_timesteps}) (no lower than a group's start), "
-                    f"got {self.first_step_t}"
-                )
-        if self.start_sigma is not None and not self.start_sigma >= 0:
-            raise ValueError(f"start_sigma must be >= 0 or None, got {self.start_sigma}")
         if self.prediction not in (None, "eps", "v"):
             raise ValueError(f"prediction must be None, 'eps' or 'v', got {self.prediction!r}")
 
@@ -164,13 +127,6 @@ class PGSConfig:
     def save(self, path: str | os.PathLike) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    def timesteps(self, group: int) -> list[int]:
-        """The timesteps group ``group``'s patches are evaluated at, one per step (the step
-        from the last goes to x̂0): `ddim_timesteps(T_g, N_g)`, with its first replaced by
-        ``first_step_t`` when that is set."""
-        seq = ddim_timesteps(*self.groups[group])
-        return seq if self.first_step_t is None else [self.first_step_t] + seq[1:]
 
     def preset(self, name: str) -> "PGSConfig":
         """This config with the thresholds of quality preset ``name`` (`QUALITY_PRESETS`).
@@ -334,9 +290,6 @@ class PGSSampler:
         self.config = config = config if config is not None else PGSConfig()
         if config.prediction is not None and config.prediction != denoiser.prediction:
             raise ValueError(f"config wants prediction {config.prediction!r}, the denoiser makes {denoiser.prediction!r}")
-        if config.first_step_t is not None and denoiser.prediction == "eps":
-            # x̂0 = (y_t − sqrt(1−ᾱ)·ε̂)/sqrt(ᾱ) at ᾱ ≈ 2e-9 would multiply ε̂'s rounding by 2e4.
-            raise ValueError("first_step_t needs a v-prediction denoiser (x̂0 from ε̂ is ill-conditioned near ᾱ = 0)")
         # The one schedule is the denoiser's (from its weights); the config only names it.
         self.alphas_cumprod = denoiser.alphas_cumprod
         made = (denoiser.schedule, self.alphas_cumprod.shape[0])
@@ -351,15 +304,15 @@ class PGSSampler:
         return assign_groups(qmap, self.config.gammas)
 
     def _timestep_table(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """(t_start [G], n_steps [G], table [G, maxN+1]): row g is the group's timesteps
-        (`PGSConfig.timesteps`) then −1 (x̂0); t_start is its first column."""
+        """(t_start [G], n_steps [G], table [G, maxN+1]): row g is the group's DDIM timesteps then −1 (x̂0)."""
         groups = self.config.groups
         width = max(n for _, n in groups) + 1
         table = torch.full((len(groups), width), -1, dtype=torch.long)
-        for g, (_, n) in enumerate(groups):
-            table[g, :n] = torch.tensor(self.config.timesteps(g))
+        for g, (t0, n) in enumerate(groups):
+            table[g, :n] = torch.tensor(ddim_timesteps(t0, n))
+        t_start = torch.tensor([t for t, _ in groups], dtype=torch.long)
         n_steps = torch.tensor([n for _, n in groups], dtype=torch.long)
-        return table[:, 0].to(device), n_steps.to(device), table.to(device)
+        return t_start.to(device), n_steps.to(device), table.to(device)
 
     @torch.no_grad()
     def __call__(
@@ -392,11 +345,6 @@ class PGSSampler:
         noise = patch_noise(y0_patches.shape[1:], seeds, generators).to(device)
 
         ac = self.alphas_cumprod.to(device)
-        if self.config.start_sigma is not None:
-            # sqrt(1−ᾱ)·(noise·k) = sqrt(ᾱσ² + 1−ᾱ)·noise: the start of a noised x0 = y0 + N(0, σ²).
-            a = ac[t_start[group]].to(torch.float64)
-            k = ((a * self.config.start_sigma**2 + 1 - a) / (1 - a)).sqrt().float()
-            noise = noise * k.view(-1, *([1] * (noise.dim() - 1)))
         # The state of every patch stays float32 whatever the model's dtype: it is
         # updated in place N times and fp16 rounding would accumulate.
         x_all = torch.ops.patchscaler.shortcut_noise(y0_patches.float().contiguous(), noise, t_start[group], ac)

@@ -91,9 +91,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=0.05, help="dB of mean score below the best still accepted (then the cheapest wins)")
     p.add_argument("--budget", type=float, default=0.3, help="largest share of the uniform sampler's evaluations PGS may spend")
     p.add_argument("--batch", type=int, default=256, help="max patches per DiT call")
-    p.add_argument("--first-step-t", type=int, default=None,
-                   help="every patch's first step at this timestep (the schedule's last, 999, for a DiT trained "
-                        "with --top-t-prob; see PGSConfig.first_step_t); a group's T then only sets its later steps")
     p.add_argument("--export-to", default=None, help="default: the --degradation model set's pgs_config.json")
     a = p.parse_args(argv)
     set_weights_defaults(a, grm_checkpoint="grm", dit="dit", rtm="rtm", export_to="pgs")
@@ -197,8 +194,7 @@ def calibrate(a) -> None:
     denoiser = DiTDenoiser(dit, rtm)
     codec = PixelUnshuffleCodec(4)
     # The config is made from this DiT: it names the DiT's schedule, which the sampler checks.
-    schedule = dict(schedule=dit.config.schedule, num_train_timesteps=dit.config.num_train_timesteps,
-                    first_step_t=a.first_step_t)
+    schedule = dict(schedule=dit.config.schedule, num_train_timesteps=dit.config.num_train_timesteps)
     base = PGSConfig(gammas=(g1, g2), **schedule)
     group = assign_groups(qmap, base.gammas)
 
@@ -216,7 +212,7 @@ def calibrate(a) -> None:
             continue
         rows = []
         for T, N in grid:
-            key = f"{name}:{T}:{N}" + ("" if a.first_step_t is None else f":from{a.first_step_t}")
+            key = f"{name}:{T}:{N}"
             if key not in sweep:
                 if ctl.out_of_time():
                     log("time budget spent during the sweep; rerun with --resume")

@@ -9,7 +9,7 @@
 Data: ``(y0, x0)`` latent patch pairs, ``y0`` from the frozen GRM (``--grm-checkpoint``
 or the packaged weights), ``x0`` the codec latent of the HR crop (see
 `patchscaler.train.patch_pairs`). Objective: the usual denoising loss at
-``t ~ U{0..T3}`` (inference never starts above T3, SPEC §2), on
+``t ~ U{0..T3}`` only (inference never starts above T3, SPEC §2), on
 ``y_t = sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε``, with target ε or ``v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0``
 (``--prediction``), learned through the preconditioning around ``y0`` of
 `patchscaler.models.dit` (``--anchor-sigma``; "auto" = RMS of x0 − y0 on held-out
@@ -30,15 +30,7 @@ from ``[--shortcut-t-min, T3]`` only: a group starts no lower, and near t = 0 th
 preconditioned target of a shortcut input, ``(x0 − anchor)/c_out``, grows like
 ``σ/sqrt(1−ᾱ)`` and would swamp the loss.
 
-Starts from y0 alone (``--top-t-prob p``): the fix the shortcut inputs above did not
-achieve. A share p of the patches is trained at the schedule's last timestep T−1, where
-``y_t`` is pure noise (ᾱ ≈ 2e-9), so the net learns the estimate of x0 from y0 and the
-texture prompt alone. A sampler whose config has ``first_step_t = T−1``
-(`patchscaler.sampling.pgs.PGSConfig`) takes every group's first step there and then
-jumps to the group's second timestep: the start noise is then known to carry nothing,
-and the shortcut of the later steps is anchored on the DiT's x̂0 instead of the GRM's y0.
-
-Validation (held-out photos, fixed noise): loss at t = T1, T2, T3 and T−1 and the latent MSE
+Validation (held-out photos, fixed noise): loss at t = T1, T2, T3 and the latent MSE
 of the model's one-step x̂0 from each t, from a noised x0 and from the shortcut start
 (noised y0, what a group's first step sees), next to the MSE of ``y0`` itself (the DiT is
 only useful where it beats ``y0`` or adds plausible detail at a small MSE cost).
@@ -112,8 +104,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="share of patches noised from y0 instead of x0 (the sampler's first step; module docstring)")
     p.add_argument("--shortcut-t-min", type=int, default=100,
                    help="smallest t of a shortcut patch (no group starts lower; module docstring)")
-    p.add_argument("--top-t-prob", type=float, default=0.0,
-                   help="share of patches trained at the schedule's last timestep, i.e. from y0 alone (module docstring)")
     p.add_argument("--amp", choices=["none", "bf16"], default=None, help="autocast (default: bf16 on CUDA, none on CPU)")
     p.add_argument("--val-patches", type=int, default=256)
     p.add_argument("--val-every", type=int, default=2000)
@@ -148,24 +138,6 @@ def noised_input(x0, y0, eps, a_t, shortcut=None):
     (module docstring). ``a_t [P,1,1,1]`` is ᾱ at each patch's t."""
     start = x0 if shortcut is None else torch.where(shortcut.view(-1, 1, 1, 1), y0, x0)
     return a_t.sqrt() * start + (1 - a_t).sqrt() * eps
-
-
-def training_draws(P, a, num_timesteps, gen, noise_gen, shape, device):
-    """A batch's random choices ``(t [P], ε [P,...], drop [P], shortcut [P])``: t ~ U{0..--t-max},
-    then the ``--shortcut-prob`` patches (noised from y0) at t ≥ --shortcut-t-min, then the
-    ``--top-t-prob`` patches at the schedule's last timestep (module docstring)."""
-    t = torch.randint(0, a.t_max + 1, (P,), generator=gen).to(device)
-    eps = torch.randn(shape, generator=noise_gen, device=device)
-    drop = (torch.rand(P, generator=gen) < a.drop_prompt).to(device)
-    shortcut = torch.zeros(P, dtype=torch.bool, device=device)
-    if a.shortcut_prob > 0:
-        shortcut = (torch.rand(P, generator=gen) < a.shortcut_prob).to(device)
-        t_start = torch.randint(a.shortcut_t_min, a.t_max + 1, (P,), generator=gen).to(device)
-        t = torch.where(shortcut, t_start, t)
-    if a.top_t_prob > 0:
-        top = (torch.rand(P, generator=gen) < a.top_t_prob).to(device)
-        t = torch.where(top, num_timesteps - 1, t)
-    return t, eps, drop, shortcut
 
 
 def export(a, log) -> None:
@@ -261,8 +233,7 @@ def train(a):
     prompts = PromptSource(rtm, top_k)
     # Validation queries the memory without exclusion: held-out photos are not in it.
     val["values"], val["scores"] = prompts(val["y0"], None)
-    # T−1: the y0-alone estimate a sampler with `PGSConfig.first_step_t` takes first.
-    val_ts = sorted({t for t, _ in PGSConfig().groups if t <= a.t_max} | {a.t_max, cfg.num_train_timesteps - 1})
+    val_ts = sorted({t for t, _ in PGSConfig().groups if t <= a.t_max} | {a.t_max})
 
     torch.manual_seed(a.seed)
     model = PatchDiT(cfg)
@@ -336,7 +307,14 @@ def train(a):
         batch = pairs.sample(a.crops, gen)
         x0, y0 = batch["x0"], batch["y0"]
         P = x0.shape[0]
-        t, eps, drop, shortcut = training_draws(P, a, cfg.num_train_timesteps, gen, noise_gen, x0.shape, device)
+        t = torch.randint(0, a.t_max + 1, (P,), generator=gen).to(device)
+        eps = torch.randn(x0.shape, generator=noise_gen, device=device)
+        drop = (torch.rand(P, generator=gen) < a.drop_prompt).to(device)
+        shortcut = torch.zeros(P, dtype=torch.bool, device=device)
+        if a.shortcut_prob > 0:
+            shortcut = (torch.rand(P, generator=gen) < a.shortcut_prob).to(device)
+            t_start = torch.randint(a.shortcut_t_min, a.t_max + 1, (P,), generator=gen).to(device)
+            t = torch.where(shortcut, t_start, t)
         # This rank's slice of the global batch (all of it when alone).
         x0, y0, t, eps, drop, shortcut, ids = (
             rank_slice(v, ctx) for v in (x0, y0, t, eps, drop, shortcut, batch["image_id"])
