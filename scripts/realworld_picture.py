@@ -1,13 +1,15 @@
 """README picture: real-world inputs, Real-ESRGAN x4plus beside PatchScaler.
 
     python scripts/realworld_picture.py                      # -> docs/realworld/realsrset_compare.png
-    python scripts/realworld_picture.py --model real         # once the real-world weights ship
+    python scripts/realworld_picture.py --dandelions --model bicubic --model real
 
-For each of two RealSRSet photos (no ground truth; default Lincoln and chip), one row:
+For each of two RealSRSet photos (no ground truth; default Lincoln and chip), two rows:
 the input enlarged ×4 with nearest neighbour, Real-ESRGAN x4plus (ncnn, CPU,
-`benchmarks/realesrgan_ncnn.py`) and PatchScaler PGS (`patchscaler.upscale`, seed 0),
-each shown whole (fitted to a common panel size, the zoomed region outlined), then the
-same region of each at ``--zoom`` (nearest, so the pixels are the methods' own).
+`benchmarks/realesrgan_ncnn.py`) and PatchScaler (`patchscaler.upscale`, seed 0) with
+each ``--model`` set given (default: the default set), each shown whole (fitted to a
+common panel size, the zoomed region outlined), then below the same region of each at
+``--zoom`` (nearest, so the pixels are the methods' own). A set runs its PGS when it has
+a DiT, else its GRM alone (``sampler="none"``); the label says which.
 
 ``--dandelions`` makes instead the picture that may live in the repository (RealSRSet's
 licence keeps its images out of it): a 512×512 crop of the CC0 dandelion photo (the
@@ -15,15 +17,13 @@ README example's crop, `scripts/make_example.py`), degraded to 128×128 by the s
 real-world pipeline (`degrade_image(hr, "dandelions", --seed)`), with the HR crop as a
 fourth panel -> docs/realworld/dandelions_real_compare.png.
 
-``--model`` is passed to `patchscaler.upscale` only if it takes a ``model`` parameter;
-the label says which model set ran. The panel layout follows
+The panel layout follows
 `patchscaler.examples.compare` (dark sheet, label strip above each panel).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from pathlib import Path
 
@@ -95,24 +95,27 @@ def dandelions_input(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return degrade_image(hr, "dandelions", seed), hr
 
 
-def picture(names: list[str], output: Path, model: str | None, threads: int, zoom: int,
+def _patchscaler(lr: torch.Tensor, model: str) -> tuple[torch.Tensor, str]:
+    """(SR, label) of model set ``model``: its PGS when it has a DiT, else its GRM alone."""
+    from patchscaler.sampling.registry import sampler_available
+
+    if sampler_available("pgs", model):
+        sr, groups = patchscaler.upscale(lr, model=model, sampler="pgs", seed=0, device="cpu", return_groups=True)
+        return sr, f"PatchScaler '{model}' PGS ({groups.evaluations} patch-steps)"
+    return patchscaler.upscale(lr, model=model, sampler="none", device="cpu"), f"PatchScaler '{model}' (GRM only: no DiT yet)"
+
+
+def picture(names: list[str], output: Path, models: list[str], threads: int, zoom: int,
             dandelions_seed: int | None = None) -> Path:
     from realesrgan_ncnn import RealESRGAN
 
     torch.set_num_threads(threads)
-    kw, model_label = {}, "shipped weights"
-    params = inspect.signature(patchscaler.upscale).parameters
-    if "model" in params:
-        kw = {"model": model} if model else {}
-        model_label = f"model {model or params['model'].default}"
-    elif model:
-        raise SystemExit(f"--model {model!r}: this patchscaler.upscale has no `model` parameter")
     net = RealESRGAN(threads=threads, tile=512)
     rows = []
     jobs = [(name, load_image(REALSRSET / name), None) for name in names]
     if dandelions_seed is not None:
         lr, hr = dandelions_input(dandelions_seed)
-        jobs = [(f"CC0 dandelions, real degradation seed {dandelions_seed}", lr, hr)]
+        jobs = [(f"dandelions (CC0), real degr. seed {dandelions_seed}", lr, hr)]
     for name, lr, hr in jobs:
         region = REGIONS.get(name)
         if region is None:  # default: the centre quarter of the output
@@ -121,14 +124,13 @@ def picture(names: list[str], output: Path, model: str | None, threads: int, zoo
         nearest = lr.repeat_interleave(4, dim=-2).repeat_interleave(4, dim=-1)
         with torch.inference_mode():
             esr = net(lr)
-            ps, groups = patchscaler.upscale(lr, sampler="pgs", seed=0, device="cpu", return_groups=True, **kw)
+            ours = [_patchscaler(lr, m) for m in models]
         imgs = [
-            (_to_pil(nearest), f"{name} input {lr.shape[-1]}x{lr.shape[-2]} (nearest x4)"),
+            (_to_pil(nearest), f"input {lr.shape[-1]}x{lr.shape[-2]}, nearest x4"),
             (_to_pil(esr), "Real-ESRGAN x4plus"),
-            (_to_pil(ps), f"PatchScaler PGS ({model_label}, {groups.evaluations} patch-steps)"),
-        ] + ([(_to_pil(hr), "HR (ground truth)")] if hr is not None else [])
-        rows.append(_row([_whole(im, region, label) for im, label in imgs]
-                         + [_zoom(im, region, zoom, f"zoom x{zoom}") for im, _ in imgs]))
+        ] + [(_to_pil(sr), label) for sr, label in ours] + ([(_to_pil(hr), "HR (ground truth)")] if hr is not None else [])
+        rows.append(_row([_whole(im, region, label) for im, label in imgs]))
+        rows.append(_row([_zoom(im, region, zoom, f"zoom x{zoom}" if i else name) for i, (im, _) in enumerate(imgs)]))
         print(f"{name}: done", flush=True)
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows) + GAP * (len(rows) - 1)), BG)
     y = 0
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", nargs="+", default=list(REGIONS), help="RealSRSet file names")
     p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT)
-    p.add_argument("--model", default=None, help="patchscaler model set (if upscale() takes `model`)")
+    p.add_argument("--model", action="append", default=None,
+                   help="patchscaler model set, one column each (repeatable; default: the default set)")
     p.add_argument("--threads", type=int, default=1, help="torch and ncnn threads (1: 2 oversubscribe a shared 2-core machine)")
     p.add_argument("--zoom", type=int, default=2)
     p.add_argument("--dandelions", action="store_true", help="the CC0 dandelion crop, degraded (see above), instead of RealSRSet")
@@ -153,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     output = a.output
     if a.dandelions and output == DEFAULT_OUTPUT:
         output = DEFAULT_OUTPUT.with_name("dandelions_real_compare.png")
-    print(f"wrote {picture(a.images, output, a.model, a.threads, a.zoom, a.seed if a.dandelions else None)}")
+    from patchscaler.checkpoints import DEFAULT_MODEL
+
+    models = a.model or [DEFAULT_MODEL]
+    print(f"wrote {picture(a.images, output, models, a.threads, a.zoom, a.seed if a.dandelions else None)}")
     return 0
 
 
