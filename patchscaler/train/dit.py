@@ -19,6 +19,12 @@ patches, measured at the start of a run). The texture prompt comes from the RTM 
 reference that at test time does not exist), and with probability ``--drop-prompt``
 the "no reference" prompt instead. The memory's keys and values are frozen.
 
+Real degradations (``--degradation real``): each crop's LR is made on the fly by the
+real-world pipeline, in the training process by default, or by ``--workers N`` DataLoader
+processes (`patch_pairs.RealCropBatches`: batch k depends on the seed and k alone, so
+``--resume`` stays exact); on a GPU the degradation costs more than the step, so give it
+the machine's spare cores.
+
 Shortcut inputs (``--shortcut-prob p``): inference starts each group at T from
 ``sqrt(ᾱ_T)·y0 + sqrt(1−ᾱ_T)·ε`` (SPEC §2), not from a noised x0. Trained only on noised
 x0, the net learns that ``y_t − sqrt(ᾱ)·y0`` carries ``x0 − y0``; where the GRM's error is
@@ -52,6 +58,7 @@ import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.diffusion.schedule import make_alphas_cumprod
 from patchscaler.train.patch_pairs import (
     LatentPatchPairs,
+    RealCropBatches,
     add_common_args,
     load_frozen_grm,
     open_pool,
@@ -104,6 +111,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="share of patches noised from y0 instead of x0 (the sampler's first step; module docstring)")
     p.add_argument("--shortcut-t-min", type=int, default=100,
                    help="smallest t of a shortcut patch (no group starts lower; module docstring)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="with --degradation real: processes degrading the crops (RealCropBatches; 0: in the "
+                        "training process, from the run's generator)")
     p.add_argument("--amp", choices=["none", "bf16"], default=None, help="autocast (default: bf16 on CUDA, none on CPU)")
     p.add_argument("--val-patches", type=int, default=256)
     p.add_argument("--val-every", type=int, default=2000)
@@ -302,9 +312,16 @@ def train(a):
 
     if ck is None and main_rank:
         val_result = evaluate()
+    crops = None
+    if a.degradation == "real" and a.workers > 0:
+        stream = RealCropBatches(pairs, a.crops, seed=a.seed, start=step)
+        crops = iter(torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=a.workers, prefetch_factor=4,
+            worker_init_fn=lambda _: torch.set_num_threads(1),
+        ))
     meter, n = 0.0, 0
     while step < a.steps and not agree(ctx, ctl.out_of_time())[0]:
-        batch = pairs.sample(a.crops, gen)
+        batch = pairs.encode(*next(crops)) if crops is not None else pairs.sample(a.crops, gen)
         x0, y0 = batch["x0"], batch["y0"]
         P = x0.shape[0]
         t = torch.randint(0, a.t_max + 1, (P,), generator=gen).to(device)

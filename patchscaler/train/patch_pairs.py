@@ -34,7 +34,9 @@ __all__ = [
     "split_entries",
     "load_frozen_grm",
     "LatentPatchPairs",
+    "RealCropBatches",
     "add_common_args",
+    "real_lr",
 ]
 
 HELD_OUT_MODULUS = 20
@@ -209,9 +211,12 @@ class LatentPatchPairs:
     def sample(self, n_crops: int, generator: torch.Generator) -> dict[str, Tensor]:
         lr, hr, ids = self.crops(n_crops, generator)
         if self.grm is not None and self.degradation == "real":
-            from patchscaler.data.degradations import degrade
+            lr = real_lr(hr, generator)
+        return self.encode(lr, hr, ids)
 
-            lr = (degrade(hr.float() / 255.0, generator=generator) * 255).round().to(torch.uint8)
+    @torch.no_grad()
+    def encode(self, lr: Tensor, hr: Tensor, ids: Tensor) -> dict[str, Tensor]:
+        """Crops from `crops` (with their LR degraded, or not) → the patch dict of `sample`."""
         # uint8 crosses to the device (4x fewer bytes) and becomes float there.
         hr = hr.to(self.device).float() / 255.0
         out = {"x0": self._cut(self.codec.encode(hr)), "image_id": ids.repeat_interleave(self.per_crop)}
@@ -220,3 +225,39 @@ class LatentPatchPairs:
             out["y0"] = self._cut(y0.float())
             out["conf"] = self._cut(conf.float())
         return out
+
+
+def real_lr(hr: Tensor, generator: torch.Generator) -> Tensor:
+    """uint8 HR crops ``[n,3,4c,4c]`` → their LR ``[n,3,c,c]`` uint8 by the real-world
+    pipeline (`data.degradations.degrade`, drawn from ``generator``)."""
+    from patchscaler.data.degradations import degrade
+
+    return (degrade(hr.float() / 255.0, generator=generator) * 255).round().to(torch.uint8)
+
+
+class RealCropBatches(torch.utils.data.IterableDataset):
+    """An endless stream of ``(lr, hr, image_id)`` crop batches of ``pairs`` (`LatentPatchPairs.crops`,
+    ``n_crops`` each) with the LR made by the real-world pipeline, for `LatentPatchPairs.encode`.
+
+    Degrading costs more than the DiT's training step on a GPU, so it runs in DataLoader
+    workers. Batch ``k`` is a function of ``(seed, k)`` only (its own generator draws the
+    crops, then the degradation): worker ``w`` of ``W`` makes ``k ≡ start + w (mod W)``,
+    the DataLoader hands the batches out in order, and a run resumed at step ``k`` sees
+    the batches it would have seen, whatever the number of workers.
+    """
+
+    def __init__(self, pairs: LatentPatchPairs, n_crops: int, seed: int = 0, start: int = 0):
+        self.pairs, self.n_crops, self.seed, self.start = pairs, n_crops, seed, start
+
+    def batch_at(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        lr, hr, ids = self.pairs.crops(self.n_crops, g)
+        return real_lr(hr, g), hr, ids
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        k = self.start + w
+        while True:
+            yield self.batch_at(k)
+            k += n
