@@ -94,3 +94,16 @@ def test_degraded_batches_depend_on_seed_and_index_only(folder):
     assert (bicubic_downscale(hr, 4) - lr).abs().max() > 2 / 255
     with pytest.raises(ValueError, match="multiple of the scale"):
         pool.sample_hr(2, 30, torch.Generator())
+
+
+def test_degraded_batches_from_several_workers_come_in_order(folder):
+    """Three DataLoader workers deliver batches start, start+1, ... (no repeats): what one process makes."""
+    from patchscaler.data.dataset import DegradedBatches
+
+    pool = PairPool(folder, scale=4, min_hr_side=48)
+    stream = DegradedBatches(pool, lr_patch=8, batch=2, seed=1, start=4)
+    loader = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=3))
+    for k in range(4, 10):
+        lr, hr = next(loader)
+        want_lr, want_hr = stream.batch_at(k)
+        assert torch.equal(lr, want_lr) and torch.equal(hr, want_hr), k

@@ -206,8 +206,9 @@ class DegradedBatches(torch.utils.data.IterableDataset):
 
     Batch ``k`` is a function of ``(seed, k)`` only (its own generator draws the HR crops
     and then the degradation), so a run resumed at step ``k`` sees exactly the batches
-    it would have seen, and a ``DataLoader`` worker can prepare them beside the training
-    process without sharing any random state with it.
+    it would have seen, and ``DataLoader`` workers can prepare them beside the training
+    process without sharing any random state with it: worker ``w`` of ``W`` makes the
+    batches ``k ≡ start + w (mod W)``, which the DataLoader hands out in order.
     """
 
     def __init__(self, pool: PairPool, lr_patch: int, batch: int, seed: int = 0, start: int = 0, config=None):
@@ -224,10 +225,12 @@ class DegradedBatches(torch.utils.data.IterableDataset):
         return degrade(hr, self.config, g), hr
 
     def __iter__(self):
-        k = self.start
+        info = torch.utils.data.get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        k = self.start + w
         while True:
             yield self.batch_at(k)
-            k += 1
+            k += n
 
 
 def image_id(relative_path: str | os.PathLike) -> int:
