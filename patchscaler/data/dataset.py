@@ -19,10 +19,12 @@ of the LR, so augmented pairs remain valid pairs.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import zlib
 from dataclasses import dataclass
+from typing import Iterator
 from pathlib import Path
 
 import torch
@@ -225,12 +227,17 @@ class DegradedBatches(torch.utils.data.IterableDataset):
         return degrade(hr, self.config, g), hr
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        k = self.start + w
-        while True:
-            yield self.batch_at(k)
-            k += n
+        return (self.batch_at(k) for k in worker_batch_indices(self.start))
+
+
+def worker_batch_indices(start: int) -> Iterator[int]:
+    """The batch indices ``start, start+1, ...`` that fall to this DataLoader worker: worker
+    ``w`` of ``W`` takes ``k ≡ start + w (mod W)`` (all of them outside a worker). A DataLoader
+    collects from its workers in turn, so an endless stream whose batch ``k`` depends on
+    ``k`` alone comes out in order, with no batch repeated, whatever the number of workers."""
+    info = torch.utils.data.get_worker_info()
+    w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+    return itertools.count(start + w, n)
 
 
 def image_id(relative_path: str | os.PathLike) -> int:

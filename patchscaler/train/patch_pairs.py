@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from patchscaler.codec import PixelUnshuffleCodec
-from patchscaler.data.dataset import PairPool, augment
+from patchscaler.data.dataset import PairPool, augment, worker_batch_indices
 from patchscaler.data.dataset import image_id
 from patchscaler.train.common import DEFAULT_DATA, add_run_args
 
@@ -255,9 +255,4 @@ class RealCropBatches(torch.utils.data.IterableDataset):
         return real_lr(hr, g), hr, ids
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        k = self.start + w
-        while True:
-            yield self.batch_at(k)
-            k += n
+        return (self.batch_at(k) for k in worker_batch_indices(self.start))
