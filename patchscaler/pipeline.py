@@ -53,7 +53,7 @@ from patchscaler.band_plan import Band, BandBlender, band_patch_rows, plan_bands
 from patchscaler.checkpoints import WeightsNotAvailableError, check_model
 from patchscaler.codec import PixelUnshuffleCodec
 from patchscaler.group_map import GROUP_NAMES, GroupMap, group_pixels
-from patchscaler.models.grm import check_tiling, load_grm, restore_tiled
+from patchscaler.models.grm import check_tiling, load_grm, restore_tiled, tile_overlap
 from patchscaler.output_buffer import FloatOutput
 from patchscaler.patch_plan import PatchPlan, blend_window, plan_patches
 from patchscaler.sampling.pgs import PGSOutput, UniformSampler, derive_seeds, patch_qmap
@@ -207,7 +207,7 @@ class PatchScalerPipeline:
                 return restore_tiled(self.grm, lr, tile, self.grm_context, progress)
             except torch.OutOfMemoryError:
                 smaller = min(tile, max(lr.shape[-2:])) // 2
-                if smaller <= 2 * self.grm_context + 8:
+                if smaller <= tile_overlap(self.grm_context):  # the smallest tile check_tiling allows
                     raise torch.OutOfMemoryError(
                         f"{self.device} ran out of memory running the GRM even on {tile}x{tile} tiles; "
                         "free memory on the device, or run on the CPU"

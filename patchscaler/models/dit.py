@@ -108,8 +108,8 @@ class PatchDiTConfig:
 # Batch invariance on the CPU: a Linear layer over a handful of rows (up to 10 with this
 # PyTorch's CPU BLAS) takes another GEMM kernel, whose sums round differently, so a row's
 # result would depend on how many rows share the call. Calls with fewer rows than this are
-# padded (`pad_rows`) and the padding dropped after: the DiT's per-patch conditioning and
-# small chunks here, the texture and prompt encoders in `sampling.denoiser`.
+# padded (`pad_rows`) and the padding dropped after: the inference path's per-timestep
+# conditioning and small chunks here, the texture and prompt encoders in `sampling.denoiser`.
 MIN_GEMM_ROWS = 16
 
 
@@ -209,8 +209,7 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x: Tensor, c: Tensor, ctx: Tensor) -> Tensor:
-        # c may carry padding rows (`PatchDiT.net`): keep x's patches only.
-        s1, m1, g1, s2, m2, g2, s3, m3, g3 = self.ada(c)[: x.shape[0]].chunk(9, dim=1)
+        s1, m1, g1, s2, m2, g2, s3, m3, g3 = self.ada(c).chunk(9, dim=1)
         x = x + g1[:, None] * self.attn(_modulate(self.norm1(x), s1, m1))
         x = x + g2[:, None] * self.cross(_modulate(self.norm2(x), s2, m2), ctx)
         x = x + g3[:, None] * self.mlp(_modulate(self.norm3(x), s3, m3))
@@ -423,15 +422,13 @@ class PatchDiT(nn.Module):
         dtype = self.patch_embed.weight.dtype
         x = self.patch_embed(torch.cat([y0, y_t], dim=1).to(dtype))  # [P,d,gh,gw]
         x = x.flatten(2).transpose(1, 2) + self._pos_embed(gh, gw, x.device, dtype)
-        # The per-patch vectors (timestep embedding, adaLN regressions) go through Linear
-        # layers with one row per patch: padded to MIN_GEMM_ROWS (see there), the padding
-        # rows dropped after each regression.
-        t = pad_rows(t.to(x.device))
-        c = self.t_embed(timestep_embedding(t, 256).to(dtype))
+        # (Batch invariance, `MIN_GEMM_ROWS`, is the inference path's: training batches
+        # need no padding.)
+        c = self.t_embed(timestep_embedding(t.to(x.device), 256).to(dtype))
         prompt = prompt.to(dtype)
         for blk in self.blocks:
             x = blk(x, c, prompt)
-        shift, scale = self.final_ada(c)[:P].chunk(2, dim=1)
+        shift, scale = self.final_ada(c).chunk(2, dim=1)
         x = self.final(_modulate(self.final_norm(x), shift, scale))  # [P, gh·gw, p·p·C]
         x = x.view(P, gh, gw, p, p, C).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(P, C, h, w)

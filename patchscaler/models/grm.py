@@ -110,16 +110,16 @@ def _strip_pixels() -> int:
     return 2048 if torch.get_num_threads() == 1 else 65536
 
 
+def _cpu_inference(x: Tensor) -> bool:
+    """Whether ``x`` is computed by CPU inference without autocast, where the GRM runs
+    channels-last (`GRM.features`) and `WideBlock` may take its strip path (`addmm(out=...)`
+    needs the parameters' dtype, so not under autocast)."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+
+
 def _strip_path(x: Tensor) -> bool:
-    """Whether `WideBlock` takes its strip path: CPU inference on a channels-last tensor
-    (no autograd, no autocast: `addmm(out=...)` needs the parameters' dtype)."""
-    return (
-        x.device.type == "cpu"
-        and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-        and x.dim() == 4
-        and x.is_contiguous(memory_format=torch.channels_last)
-    )
+    """Whether `WideBlock` takes its strip path: CPU inference on a channels-last tensor."""
+    return _cpu_inference(x) and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
 
 
 class GRM(nn.Module):
@@ -161,7 +161,7 @@ class GRM(nn.Module):
 
     def features(self, lr: Tensor) -> Tensor:
         x = lr - self.rgb_mean.to(lr.dtype)
-        if lr.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+        if _cpu_inference(lr):
             # CPU inference runs channels-last: oneDNN's 3×3 convolutions take it
             # natively and `WideBlock` then does its 1×1 pair as strip matmuls.
             x = x.contiguous(memory_format=torch.channels_last)
@@ -196,10 +196,15 @@ class GRM(nn.Module):
 _TILE_SLACK = 8  # tiles overlap by 2·context + this, so their trusted cores overlap too
 
 
+def tile_overlap(context: int) -> int:
+    """How much neighbouring tiles overlap for a ``context`` band; a tile must be larger."""
+    return 2 * context + _TILE_SLACK
+
+
 def check_tiling(tile: int, context: int) -> None:
     """ValueError unless tiles of side ``tile`` have a trusted core inside a ``context`` band."""
-    if tile <= 2 * context + _TILE_SLACK:
-        raise ValueError(f"grm_tile ({tile}) must exceed 2*grm_context + {_TILE_SLACK} = {2 * context + _TILE_SLACK}")
+    if tile <= tile_overlap(context):
+        raise ValueError(f"grm_tile ({tile}) must exceed 2*grm_context + {_TILE_SLACK} = {tile_overlap(context)}")
 
 
 @torch.no_grad()
@@ -219,7 +224,7 @@ def restore_tiled(
     if h <= tile and w <= tile:
         y0, conf = grm(lr)
         return y0.float(), conf.float()
-    overlap = 2 * context + _TILE_SLACK
+    overlap = tile_overlap(context)
     th, tw = _balanced_tile(h, tile, overlap), _balanced_tile(w, tile, overlap)
     plan = plan_patches(h, w, (th, tw), (min(overlap, th - 1), min(overlap, tw - 1)))
     tiles = plan.split(lr.contiguous())
