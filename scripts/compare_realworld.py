@@ -14,7 +14,7 @@ Datasets (each optional, ``--datasets``):
   0, default pipeline) — the LR of ``python -m patchscaler.eval --degradation real``.
   PSNR / SSIM on BT.601 Y, NIQE and the HF ratio SR/HR, 4-px border crop.
 
-Methods (``--methods``): ``realesrgan`` (x4plus through ncnn, ``benchmarks/realesrgan_ncnn.py``,
+Methods (``--methods``): ``realesrgan`` (x4plus through ncnn, ``patchscaler/train/teacher.py``,
 same thread count), ``grm`` (``patchscaler.upscale(sampler="none")``), ``pgs``
 (``sampler="pgs"``), ``bicubic`` (the reference point). ``--model`` is passed to
 ``patchscaler.upscale`` only when its signature has a ``model`` parameter; the report
@@ -96,7 +96,7 @@ def make_methods(names: list[str], threads: int, tile: int, overlap: int, model_
     methods = {}
     for name in names:
         if name == "realesrgan":
-            from realesrgan_ncnn import RealESRGAN
+            from patchscaler.train.teacher import RealESRGAN
 
             net = RealESRGAN(threads=threads, tile=tile, overlap=overlap)
             methods[name] = lambda lr, net=net: (net(lr), {})

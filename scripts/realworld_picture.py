@@ -5,7 +5,7 @@
 
 For each of two RealSRSet photos (no ground truth; default Lincoln and chip), two rows:
 the input enlarged ×4 with nearest neighbour, Real-ESRGAN x4plus (ncnn, CPU,
-`benchmarks/realesrgan_ncnn.py`) and PatchScaler (`patchscaler.upscale`, seed 0) with
+`patchscaler/train/teacher.py`) and PatchScaler (`patchscaler.upscale`, seed 0) with
 each ``--model`` set given (default: the default set), each shown whole (fitted to a
 common panel size, the zoomed region outlined), then below the same region of each at
 ``--zoom`` (nearest, so the pixels are the methods' own). A set runs its PGS when it has
@@ -107,7 +107,7 @@ def _patchscaler(lr: torch.Tensor, model: str) -> tuple[torch.Tensor, str]:
 
 def picture(names: list[str], output: Path, models: list[str], threads: int, zoom: int,
             dandelions_seed: int | None = None) -> Path:
-    from realesrgan_ncnn import RealESRGAN
+    from patchscaler.train.teacher import RealESRGAN
 
     torch.set_num_threads(threads)
     net = RealESRGAN(threads=threads, tile=512)

