@@ -28,6 +28,7 @@ from patchscaler.checkpoints import cached, require, weights_root
 from patchscaler.pipeline import PatchScalerPipeline
 from patchscaler.sampling.registry import (
     DEFAULT_MODEL,
+    DEFAULT_QUALITY,
     DEFAULT_SAMPLER,
     SAMPLERS,
     check_model,
@@ -36,7 +37,7 @@ from patchscaler.sampling.registry import (
     sampler_available,
 )
 
-__all__ = ["upscale", "SUPPORTED_SCALES", "default_sampler", "get_pipeline"]
+__all__ = ["upscale", "SUPPORTED_SCALES", "check_options", "default_sampler", "get_pipeline"]
 
 SUPPORTED_SCALES = (4,)
 # Inputs in [0, 1] that went through fp16/bf16 arithmetic can land a little outside.
@@ -129,6 +130,48 @@ def _check_max_batch(max_batch_patches: Any) -> int | None:
     return max_batch_patches
 
 
+def _check_max_output(max_output_megapixels: Any) -> None:
+    if max_output_megapixels is None:
+        return
+    if isinstance(max_output_megapixels, bool) or not isinstance(max_output_megapixels, (int, float)) \
+            or not max_output_megapixels > 0:  # `not > 0`: also NaN
+        raise ValueError(f"max_output_megapixels must be a positive number or None, got {max_output_megapixels!r}")
+
+
+def check_options(
+    *,
+    sampler: str | None = None,
+    model: str = DEFAULT_MODEL,
+    quality: str = DEFAULT_QUALITY,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    max_batch_patches: int | None = None,
+    max_output_megapixels: float | None = None,
+    outscale: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    memory_budget: int | str | None = None,
+) -> str:
+    """Check `upscale`'s options without an image, with `upscale`'s own checks and errors,
+    so a caller about to read many files fails before the first (the ``patchscaler`` command).
+
+    Returns the sampler name ``sampler`` stands for (``None``: `default_sampler`, which may
+    warn). Raises what `upscale` raises for these options (ValueError, TypeError,
+    `WeightsNotAvailableError` for a missing model set).
+    """
+    check_output_size(outscale, width, height)
+    model = check_model(model)
+    require("grm", model)
+    name = _check_sampler(sampler, model)
+    check_quality(quality)
+    _check_max_batch(max_batch_patches)
+    _check_max_output(max_output_megapixels)
+    if memory_budget is not None:
+        parse_memory(memory_budget)
+    _check_dtype(dtype, _check_device(device, torch.device("cpu")))
+    return name
+
+
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
@@ -143,7 +186,7 @@ def get_pipeline(
     scale: int = 4,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    quality: str = "balanced",
+    quality: str = DEFAULT_QUALITY,
     model: str = DEFAULT_MODEL,
     chunks: ChunkSizes | None = None,
 ) -> PatchScalerPipeline:
@@ -363,7 +406,7 @@ def upscale(
     scale: int = 4,
     sampler: str | None = None,
     model: str = DEFAULT_MODEL,
-    quality: str = "balanced",
+    quality: str = DEFAULT_QUALITY,
     seed: int = 0,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
@@ -457,10 +500,8 @@ def upscale(
     )
     dev = _check_device(device, fallback)
     dt = _check_dtype(dtype, dev)
+    _check_max_output(max_output_megapixels)
     if max_output_megapixels is not None:
-        if isinstance(max_output_megapixels, bool) or not isinstance(max_output_megapixels, (int, float)) \
-                or not max_output_megapixels > 0:
-            raise ValueError(f"max_output_megapixels must be a positive number or None, got {max_output_megapixels!r}")
         limit = float(max_output_megapixels) * 1e6
         for i, item in enumerate(items):
             h, w = item.rgb.shape[-2:]

@@ -294,9 +294,11 @@ def test_info_reports_build_and_shipped_weights(capsys):
     assert set(d["weights"]["bicubic"]) == {"grm", "dit", "rtm", "pgs"}
     assert all(v.endswith("kB") for v in d["weights"]["bicubic"].values())  # everything ships
     assert d["samplers"]["bicubic"] == ["pgs", "uniform", "none"] and d["default_model"] == "bicubic"
-    info.main()
+    info.main([])
     out = capsys.readouterr().out
-    assert "weights (shipped):" in out and "bicubic  (samplers: pgs, uniform, none)" in out
+    assert "weights (shipped):" in out and "  bicubic   pgs, uniform, none" in out
+    # The torch-free part comes first: the weights before the torch version.
+    assert out.index("weights (shipped):") < out.index("\ntorch ")
 
 
 # ------------------------------------------------------------------------ model sets
