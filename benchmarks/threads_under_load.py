@@ -35,6 +35,7 @@ SPIN = "while True: pass"
 def _run(variant: dict, out: Path, repo: Path) -> tuple[float, float]:
     """One command run of the checkout ``repo``; (wall seconds, per-image seconds)."""
     cmd = [sys.executable, "-m", "patchscaler", str(EXAMPLE), "-o", str(out), "-q", "--json", "-", *variant["args"]]
+    repo = variant.get("repo", repo)
     env = {**os.environ, "PYTHONPATH": str(repo), **variant.get("env", {})}
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo, timeout=600)
@@ -111,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--repo", type=Path, default=ROOT,
-                   help="the checkout whose command runs (default this one; e.g. an export of the commit before a change)")
+                   help="the checkout whose command runs (default this one)")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here (also printed)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
-                   help="another setting to compare, e.g. 'passive=env:OMP_WAIT_POLICY=PASSIVE' or 't2=--threads 2'")
+                   help="another setting to compare: 'passive=env:OMP_WAIT_POLICY=PASSIVE' (an environment variable), "
+                   "'t2=--threads 2' (options), 'before=repo:/tmp/old' (another checkout's command, no options)")
     args = p.parse_args(argv)
     variants = {
         "default": {"args": [], "describe": "no --threads (the command's default)"},
@@ -122,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     for spec in args.variant:
         name, _, rest = spec.partition("=")
-        if rest.startswith("env:"):
+        if rest.startswith("repo:"):
+            repo = Path(rest[5:]).resolve()
+            variants[name] = {"args": [], "repo": repo, "describe": f"no --threads, the checkout in `{repo}`"}
+        elif rest.startswith("env:"):
             key, _, value = rest[4:].partition("=")
             variants[name] = {"args": [], "env": {key: value}, "describe": f"no --threads, `{key}={value}`"}
         else:

@@ -322,7 +322,8 @@ def _process(args: argparse.Namespace, opts: dict, bar: ImageBar, job: _Job) -> 
 
 
 def _run_folder(args, opts, jobs: list[_Job], out_folder: Path, show: bool):
-    """A folder run (alone or under torchrun); None on a rank other than 0 (it reports nothing)."""
+    """A folder run (alone or under torchrun): (the whole job's `FolderResult`, whether this
+    process reports it: rank 0 or alone)."""
     from patchscaler import distributed
 
     ctx = distributed.from_env(args.device)  # under torchrun: this rank's device and share
@@ -339,7 +340,7 @@ def _run_folder(args, opts, jobs: list[_Job], out_folder: Path, show: bool):
         bar.close()
         if ctx is not None:
             ctx.close()
-    return result if ctx is None or ctx.is_main else None
+    return result, ctx is None or ctx.is_main
 
 
 def _write_json(path: Path, records: list[dict], failures: list[tuple[str, str]]) -> None:
@@ -371,12 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patchscaler`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     show = not args.quiet and (args.progress or sys.stderr.isatty())
-    if args.threads is None:
-        # libgomp's default lets idle threads spin; with another process on a core the spinning
-        # thread and the one that has work take turns, and the 128² example went from ~1-2 s to
-        # 15-30 s (benchmarks/results/threads-under-load.md). libgomp reads this when torch loads
-        # it: set before anything imports torch, and only if the user has not chosen.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # libgomp's default lets idle threads spin; with another process on one of two cores the
+    # spinning threads and the ones with work take turns, and the 128² example went from
+    # ~2 s to 15-30 s (benchmarks/results/threads-under-load.md). libgomp reads this when
+    # torch loads it: set before anything imports torch, and only if the user has not chosen.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         opts = _start(args)
         jobs, out_folder = _plan_jobs(args)
@@ -397,13 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar.close()
     else:
         try:
-            result = _run_folder(args, opts, jobs, out_folder, show)
+            result, reports = _run_folder(args, opts, jobs, out_folder, show)
         except WeightsNotAvailableError as exc:  # no image can succeed: stop the run
             print(f"{PROG}: error: {cli_spelling(one_line(exc))}", file=sys.stderr)
             return 2
-        if result is None:
-            return 0  # rank 0 reports (and sets the exit status) for the whole job
         records, failures, skipped = result.records, result.failures, result.skipped
+        if not reports:
+            return 1 if failures else 0  # every rank has the whole job's result; rank 0 reports it
     if args.json is not None:
         _write_json(args.json, records, failures)
     if failures:

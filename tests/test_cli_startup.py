@@ -61,3 +61,18 @@ def test_lazy_package_attributes_keep_the_documented_imports():
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
     with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
         patchscaler.no_such_thing
+
+
+@pytest.mark.parametrize("given,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_idle_threads_sleep_unless_the_user_chose(given, expected):
+    # Spinning OpenMP threads collapsed the example under load (benchmarks/results/threads-under-load.md):
+    # the command sets the wait policy before the first torch import, keeping a user's own choice.
+    code = ("import os, sys; from patchscaler import cli; assert 'torch' not in sys.modules; "
+            "code = cli.main(['missing.png', '--sampler', 'none']); "
+            "print(code, os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = os.path.abspath(ROOT)
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert res.stdout.split() == ["2", expected, "True"], res.stderr[-2000:]
