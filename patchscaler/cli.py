@@ -158,7 +158,7 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write per-image statistics as JSON ('-': stdout)")
     shown = p.add_mutually_exclusive_group()
-    shown.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no notes")
+    shown.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no 'wrote' line")
     shown.add_argument("--progress", action="store_true",
                        help="progress bars even when stderr is not a terminal (default: only on a terminal)")
     p.add_argument("--overwrite", action="store_true",
@@ -251,10 +251,8 @@ def _api_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in opts.items() if v is not None}
 
 
-def _say(args: argparse.Namespace, kind: str, text: str) -> None:
-    """One line on stderr (through tqdm.write while bars may be drawn); notes obey -q."""
-    if kind == "note" and args.quiet:
-        return
+def _say(kind: str, text: str) -> None:
+    """One line on stderr, through tqdm.write so that it does not break a bar being drawn."""
     from tqdm.auto import tqdm
 
     tqdm.write(f"{PROG}: {kind}: {text}", file=sys.stderr)
@@ -269,8 +267,8 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         opts["sampler"] = check_options(**opts)
-    for w in caught:
-        _say(args, "note", str(w.message).removeprefix("patchscaler: "))
+    for w in caught if not args.quiet else ():  # which sampler the default picked: not news under -q
+        _say("note", str(w.message).removeprefix("patchscaler: "))
     if args.threads is not None:
         import torch
 
@@ -296,7 +294,7 @@ def _process(args: argparse.Namespace, opts: dict, bar: ImageBar, job: _Job) -> 
     start = time.perf_counter()
     arr, meta = _read(args, job.src)
     for note in meta.warnings:
-        _say(args, "warning", note)
+        _say("warning", note)
     bar.start(job.src.name)
     # `progress` takes the bar once upscale() calls progress(done, total, stage); see
     # patchscaler/progress_bars.py.
@@ -304,9 +302,9 @@ def _process(args: argparse.Namespace, opts: dict, bar: ImageBar, job: _Job) -> 
                             progress=bar if bar.enabled else False)
     write_image(out, job.dst, meta)
     if gmap.memory_note() is not None:
-        _say(args, "note", f"{job.src}: {gmap.memory_note()}")
+        _say("note", f"{job.src}: {gmap.memory_note()}")
     if gmap.fp32_evaluations:
-        _say(args, "warning", f"{job.src}: {gmap.fp32_evaluations} of {gmap.evaluations} DiT patch-evaluations "
+        _say("warning", f"{job.src}: {gmap.fp32_evaluations} of {gmap.evaluations} DiT patch-evaluations "
              "overflowed in half precision and were recomputed in float32")
     if job.groups is not None:
         _groups_picture(out, gmap, job.groups)
@@ -334,7 +332,7 @@ def _run_folder(args, opts, jobs: list[_Job], out_folder: Path, show: bool):
         result = run_jobs(
             jobs, lambda job: _process(args, opts, bar, job), ctx=ctx, overwrite=args.overwrite,
             manifest=args.manifest or out_folder / MANIFEST_NAME, progress=show,
-            on_error=lambda msg: _say(args, "error", msg), fatal=(WeightsNotAvailableError,), shard=args.shard,
+            on_error=lambda msg: _say("error", msg), fatal=(WeightsNotAvailableError,), shard=args.shard,
         )
     finally:
         bar.close()
