@@ -13,6 +13,11 @@ channel is upscaled separately (bicubic) and kept, 16-bit PNGs give 16-bit PNGs.
 Exit status: 0 all written; 1 a folder run where some images failed (the others are
 still written; the failures are listed at the end); 2 the run could not start, or
 the single input file could not be read, upscaled or written.
+
+The command parses its arguments, has `patchscaler.api.check_options` check the rest
+(the API's errors are respelled for the command line by `cli_spelling`), calls
+`upscale()` per image and reports. torch is imported only after argparse has accepted the
+arguments, so --help, --version and usage errors answer at once.
 """
 
 from __future__ import annotations
