@@ -52,7 +52,7 @@ from patchscaler.data.degradations import degrade_image  # noqa: E402
 from patchscaler.data.images import load_image  # noqa: E402
 from patchscaler.data.resize import bicubic_upscale  # noqa: E402
 from patchscaler.metrics.hf_ratio import hf_ratio  # noqa: E402
-from patchscaler.metrics.niqe import niqe  # noqa: E402
+from patchscaler.metrics.niqe import niqe_scores  # noqa: E402
 from patchscaler.metrics.psnr import psnr_y  # noqa: E402
 from patchscaler.metrics.ssim import ssim_y  # noqa: E402
 
@@ -135,15 +135,12 @@ def metrics(sr: torch.Tensor, hr: torch.Tensor | None, lr: torch.Tensor) -> dict
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        nq = niqe_scores(sr, BORDER)  # standard NIQE, and the project's own pristine fit
+        nq = {"niqe": nq["matlab"], "niqe_project": nq["project"]}
         if hr is None:
             ref = bicubic_upscale(lr[None], SCALE)[0].clamp(0, 1)
-            return {"niqe": niqe(sr, BORDER), "hf_ratio": hf_ratio(sr, ref, BORDER)}
-        return {
-            "psnr": psnr_y(sr, hr, BORDER),
-            "ssim": ssim_y(sr, hr, BORDER),
-            "niqe": niqe(sr, BORDER),
-            "hf_ratio": hf_ratio(sr, hr, BORDER),
-        }
+            return nq | {"hf_ratio": hf_ratio(sr, ref, BORDER)}
+        return {"psnr": psnr_y(sr, hr, BORDER), "ssim": ssim_y(sr, hr, BORDER)} | nq | {"hf_ratio": hf_ratio(sr, hr, BORDER)}
     finally:
         torch.set_num_threads(n)
 

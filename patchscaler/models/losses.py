@@ -30,10 +30,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["GRMLoss", "grm_loss"]
+__all__ = ["DistillLoss", "GRMLoss", "grm_loss", "usm_sharpen"]
 
 DEFAULT_ETA = 2e-6
 DEFAULT_LAMBDA = 0.01 / DEFAULT_ETA
@@ -77,3 +80,65 @@ class GRMLoss:
 
     def __call__(self, y0: Tensor, x0: Tensor, conf: Tensor) -> tuple[Tensor, dict[str, float]]:
         return grm_loss(y0, x0, conf, self.lam, self.eta, self.detach_error)
+
+
+def _gaussian_1d(sigma: float, radius: int) -> Tensor:
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _separable_blur(x: Tensor, k: Tensor) -> Tensor:
+    """Depthwise Gaussian blur of ``[B,C,H,W]`` with the 1-D kernel ``k``, edges reflected."""
+    c, r = x.shape[1], k.numel() // 2
+    kh = k.to(x).view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    kv = k.to(x).view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kh, groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kv, groups=c)
+
+
+def usm_sharpen(img: Tensor, weight: float = 0.5, sigma: float = 8.0, threshold: float = 10 / 255) -> Tensor:
+    """Unsharp-masked ``img [B,3,H,W]`` in [0,1]: the sharpened ground truth Real-ESRGAN trains on.
+
+    ``img + weight·(img − blur)``, applied only where the detail ``|img − blur|`` exceeds
+    ``threshold`` (through a blurred mask, so flat regions and noise are left alone),
+    clamped to [0, 1]. Why: L1 to a ground truth the LR cannot determine pulls towards the
+    mean of its possibilities, which is blur; a sharper target offsets part of that.
+    """
+    radius = min(int(math.ceil(3 * sigma)), (min(img.shape[-2:]) - 1))
+    k = _gaussian_1d(sigma, radius)
+    residual = img - _separable_blur(img, k)
+    mask = (residual.abs() > threshold).to(img.dtype)
+    soft = _separable_blur(mask, k)
+    sharp = (img + weight * residual).clamp(0, 1)
+    return soft * sharp + (1 - soft) * img
+
+
+@dataclass
+class DistillLoss:
+    """The `real` GRM's distillation loss (issue 21): L1 to the teacher, L1 to the sharpened
+    ground truth, and the confidence term of :func:`grm_loss` against the *ground truth*.
+
+        L = w_t·|y0 − t0| + w_gt·|y0 − usm(x0)| + λ·mean(C·e² − η·log C),  e² = mean_c (y0 − x0)²
+
+    All in latent units (latent = 2·HR − 1). The confidence stays tied to the true error
+    because the sampler and the Spearman bar use it to rank where the GRM is wrong, not
+    where it disagrees with the teacher.
+    """
+
+    w_teacher: float = 1.0
+    w_gt: float = 0.5
+    lam: float = DEFAULT_LAMBDA
+    eta: float = DEFAULT_ETA
+
+    def __call__(self, y0: Tensor, t0: Tensor, x0_sharp: Tensor, x0: Tensor, conf: Tensor) -> tuple[Tensor, dict[str, float]]:
+        y = y0.float()
+        l1_t = (y - t0.float()).abs().mean()
+        l1_usm = (y - x0_sharp.float()).abs().mean()
+        diff = y.detach() - x0.float()  # the confidence term's error is detached, as in grm_loss
+        e2 = diff.pow(2).mean(dim=1, keepdim=True)
+        c = conf.float()
+        conf_term = (c * e2 - self.eta * torch.log(c.clamp_min(1e-12))).mean()
+        loss = self.w_teacher * l1_t + self.w_gt * l1_usm + self.lam * conf_term
+        return loss, {"l1": diff.abs().mean().item(), "l1_teacher": l1_t.item(), "l1_usm": l1_usm.item(),
+                      "conf": conf_term.item() / self.eta}
