@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DistillLoss", "GRMLoss", "grm_loss", "usm_sharpen"]
+__all__ = ["DistillLoss", "GRMLoss", "artifact_map_loss", "frequency_loss", "gan_loss", "grm_loss", "usm_sharpen"]
 
 DEFAULT_ETA = 2e-6
 DEFAULT_LAMBDA = 0.01 / DEFAULT_ETA
@@ -142,3 +142,45 @@ class DistillLoss:
         loss = self.w_teacher * l1_t + self.w_gt * l1_usm + self.lam * conf_term
         return loss, {"l1": diff.abs().mean().item(), "l1_teacher": l1_t.item(), "l1_usm": l1_usm.item(),
                       "conf": conf_term.item() / self.eta}
+
+
+def gan_loss(logits: Tensor, real: bool) -> Tensor:
+    """Vanilla (non-saturating) GAN loss of per-pixel logits: BCE against all-real or all-fake."""
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+def _local_variance(x: Tensor, size: int = 7) -> Tensor:
+    """Variance of ``x [B,1,H,W]`` over each ``size``×``size`` window (reflect-padded) → same shape."""
+    r = size // 2
+    xp = F.pad(x, (r, r, r, r), mode="reflect")
+    mean = F.avg_pool2d(xp, size, stride=1)
+    return (F.avg_pool2d(xp * xp, size, stride=1) - mean * mean).clamp_min(0)
+
+
+def artifact_map_loss(sr: Tensor, sr_ema: Tensor, target: Tensor, size: int = 7, power: float = 0.2) -> Tensor:
+    """The LDL artefact loss (Liang et al., "Details or Artifacts", CVPR 2022), on images ``[B,3,H,W]``.
+
+    A GAN-trained generator's artefacts are where its residual ``|target − sr|`` is both
+    locally erratic (high variance over a 7×7 window) and larger than that of its own EMA,
+    which moves slowly and so averages the unstable details away. The map
+    ``M = var_global(R)^power · var_local(R)``, zeroed where the EMA is worse than the current
+    model, weights an L1 penalty ``|M·sr − M·target|``: realistic detail (stable across
+    steps) is left alone, flicker is suppressed. ``power`` = 1/5 as in the paper.
+    """
+    residual = (target - sr).abs().mean(1, keepdim=True).detach()
+    residual_ema = (target - sr_ema).abs().mean(1, keepdim=True)
+    global_w = residual.flatten(1).var(dim=1).pow(power).view(-1, 1, 1, 1)
+    weight = global_w * _local_variance(residual, size)
+    weight = torch.where(residual < residual_ema, torch.zeros_like(weight), weight)
+    return (weight * sr - weight * target).abs().mean()
+
+
+def frequency_loss(sr: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute difference of the 2-D spectra (``rfft2``, orthonormal) of ``[B,3,H,W]`` images.
+
+    An L1 in pixel space is satisfied by a blurred answer; in the spectrum every missing
+    high frequency costs as much as a low one, so it pushes towards the target's texture energy.
+    """
+    d = torch.fft.rfft2(sr.float(), norm="ortho") - torch.fft.rfft2(target.float(), norm="ortho")
+    return d.abs().mean()

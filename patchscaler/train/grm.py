@@ -35,6 +35,7 @@ from patchscaler.models.grm import GRM, GRMConfig, grm_from_file, save_grm
 from patchscaler.metrics.confidence import confidence_error_spearman
 from patchscaler.metrics.psnr import psnr_y
 from patchscaler.models.losses import DEFAULT_ETA, DEFAULT_LAMBDA, DistillLoss, GRMLoss, usm_sharpen
+from patchscaler.train.adversarial import AdversarialTerms
 from patchscaler.train.common import (
     DATA_ROOT,
     RunControl,
@@ -100,6 +101,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--w-teacher", type=float, default=1.0, help="weight of L1 to the teacher")
     p.add_argument("--w-gt", type=float, default=0.5, help="weight of L1 to the unsharp-masked ground truth")
     p.add_argument("--usm-weight", type=float, default=0.5, help="unsharp-mask amount of the ground-truth target")
+    p.add_argument("--gan-weight", type=float, default=0.0, help="with --teacher-labels: adversarial term (0 = off; ~0.1)")
+    p.add_argument("--ldl-weight", type=float, default=0.0, help="with --teacher-labels: LDL artefact-map term (~1)")
+    p.add_argument("--fft-weight", type=float, default=0.0, help="with --teacher-labels: spectrum L1 to the teacher")
+    p.add_argument("--d-channels", type=int, default=16, help="discriminator base width")
+    p.add_argument("--d-lr", type=float, default=1e-4, help="discriminator learning rate")
     return p.parse_args(argv)
 
 
@@ -274,6 +280,8 @@ def train(a: argparse.Namespace) -> GRM | None:
     ctl = RunControl(a.minutes, a.ckpt_minutes)
     if a.teacher_labels:
         a.degradation = "real"  # the labels are of real-degraded LR
+    elif a.gan_weight or a.ldl_weight or a.fft_weight:
+        raise SystemExit("--gan-weight/--ldl-weight/--fft-weight need --teacher-labels (they fine-tune a distillation run)")
     check_batch_divides(a.batch, ctx)
 
     ck = load_last(a, log)
@@ -281,7 +289,8 @@ def train(a: argparse.Namespace) -> GRM | None:
         cfg = GRMConfig.from_dict(ck["config"])
         # A run keeps the degradation it started with, and a distillation run its labels.
         a.degradation = ck.get("args", {}).get("degradation", "bicubic")
-        for key in ("teacher_labels", "label_shards", "w_teacher", "w_gt", "usm_weight"):
+        for key in ("teacher_labels", "label_shards", "w_teacher", "w_gt", "usm_weight", "gan_weight", "ldl_weight",
+                    "fft_weight", "d_channels", "d_lr"):
             setattr(a, key, ck.get("args", {}).get(key, getattr(a, key)))
     elif a.init:
         init_state, init_config = load_grm_state(a.init)
@@ -343,6 +352,12 @@ def train(a: argparse.Namespace) -> GRM | None:
         log("val bicubic upsampling of the degraded LR: " + " ".join(f"{k}={v:.4f}" for k, v in base.items()))
     loss_fn = GRMLoss(a.lam, a.eta)
     distill = DistillLoss(a.w_teacher, a.w_gt, a.lam, a.eta) if a.teacher_labels else None
+    adversarial = AdversarialTerms(a.gan_weight, a.ldl_weight, a.fft_weight, a.d_channels, a.d_lr, a.bf16)
+    if adversarial.active:
+        restored = ck is not None and adversarial.load_state_dict(ck)
+        log(f"adversarial terms: gan {a.gan_weight} ldl {a.ldl_weight} fft {a.fft_weight}; discriminator "
+            + ("restored" if restored else f"fresh ({sum(p.numel() for p in adversarial.disc.parameters())} params)"
+               if adversarial.disc is not None else "none"))
     teacher_sr = teacher_val_outputs(val, out / "val_teacher.pt", log) if distill else None
     codec = PixelUnshuffleCodec(cfg.scale)
 
@@ -350,7 +365,8 @@ def train(a: argparse.Namespace) -> GRM | None:
         if not main_rank:
             return
         atomic_save(
-            trainer_state(model, ema, opt, gen, step) | {"config": cfg.__dict__, "best": best, "args": vars(a)},
+            trainer_state(model, ema, opt, gen, step) | adversarial.state_dict()
+            | {"config": cfg.__dict__, "best": best, "args": vars(a)},
             out / f"{tag}.pt",
         )
 
@@ -432,7 +448,18 @@ def train(a: argparse.Namespace) -> GRM | None:
             loss, parts = loss_fn(y0, x0, conf)
         else:
             loss, parts = distill(y0, codec.encode(t_img), codec.encode(usm_sharpen(hr_img, a.usm_weight)), x0, conf)
-            meter["l1_teacher"] = meter.get("l1_teacher", 0.0) + parts["l1_teacher"]
+            if adversarial.active:
+                sr = codec.decode(y0.float())
+                sr_ema = None
+                if a.ldl_weight > 0:
+                    with torch.no_grad():
+                        sr_ema = codec.decode(ema(lr_img)[0])
+                adv_loss, adv_parts = adversarial.generator_loss(sr, sr_ema, t_img)
+                loss = loss + adv_loss
+                parts |= adv_parts
+            for k in ("l1_teacher", "gan", "ldl", "fft"):
+                if k in parts:
+                    meter[k] = meter.get(k, 0.0) + parts[k]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         # Clip the regression and confidence parameters separately: the confidence
@@ -443,6 +470,9 @@ def train(a: argparse.Namespace) -> GRM | None:
             log(f"step {step}: non-finite gradient, skipped")
             continue
         opt.step()
+        if adversarial.disc is not None:
+            for k, v in adversarial.discriminator_step(hr_img, sr).items():
+                meter[k] = meter.get(k, 0.0) + v
         step += 1
         update_ema(ema, model, a.ema, step)
         meter["loss"] += loss.item()
@@ -453,7 +483,8 @@ def train(a: argparse.Namespace) -> GRM | None:
         if step % a.log_every == 0:
             dt = time.time() - t_log
             n = meter["n"]
-            to_teacher = f" l1_teacher {meter['l1_teacher'] / n:.5f}" if "l1_teacher" in meter else ""
+            to_teacher = "".join(f" {k} {meter[k] / n:.5f}" for k in ("l1_teacher", "gan", "ldl", "fft", "d_loss",
+                                                                         "d_real_acc", "d_fake_acc") if k in meter)
             log(
                 f"step {step} loss {meter['loss'] / n:.5f} l1 {meter['l1'] / n:.5f}{to_teacher} conf/eta {meter['conf'] / n:.3f} "
                 f"lr {cur_lr:.2e} gnorm {float(gnorm):.3f} {steps_log / dt:.3f} it/s {a.batch * steps_log / dt:.1f} samples/s"
