@@ -24,7 +24,7 @@ from torch import Tensor
 from patchscaler.memory_budget import ChunkSizes, chunk_sizes, parse_memory
 from patchscaler.output_buffer import ArrayOutput
 from patchscaler.outsize import check_output_size, fit_output, target_size
-from patchscaler.checkpoints import cached, require, weights_root
+from patchscaler.checkpoints import cached, require, set_manifest, weights_root
 from patchscaler.pipeline import PatchScalerPipeline
 from patchscaler.sampling.registry import (
     DEFAULT_MODEL,
@@ -56,13 +56,18 @@ _warn_lock = threading.Lock()
 
 
 def default_sampler(model: str | None = None) -> str:
-    """What ``sampler=None`` means: ``"pgs"`` when model set ``model`` has its weights, else ``"none"``.
+    """What ``sampler=None`` means: the set's own default (``default_sampler`` in its
+    ``set.json``, e.g. ``"none"`` for a set whose GRM is its best path), else ``"pgs"`` when
+    model set ``model`` has its weights, else ``"none"``.
 
     The SPEC's default is PGS, but ``upscale(x)`` must also work with a set that has only
     its GRM; then it falls back to the GRM alone and warns once per process (asking for
-    ``sampler="pgs"`` explicitly raises instead).
+    ``sampler="pgs"`` explicitly raises instead). A set that names ``"none"`` itself is not warned about.
     """
     global _warned_default_sampler
+    own = set_manifest(model).get("default_sampler")
+    if own is not None and sampler_available(own, model):
+        return own
     if sampler_available(DEFAULT_SAMPLER, model):
         return DEFAULT_SAMPLER
     with _warn_lock:
