@@ -10,6 +10,7 @@ import torch
 
 from patchscaler.diffusion.schedule import ddim_step_pairs, make_alphas_cumprod
 from patchscaler.sampling.pgs import (
+    PRESET_MAX_SHARE,
     PGSConfig,
     PGSSampler,
     UniformSampler,
@@ -261,12 +262,14 @@ def test_calibration_chooses_within_the_evaluation_budget():
     assert choose_groups([simple, medium, hard], sizes, budget=0.05, tolerance=0.0) is None
 
 
-def test_quality_presets_move_the_thresholds_only():
+def test_quality_presets_move_the_thresholds_and_caps_only():
     cfg = PGSConfig(
         gammas=(0.5, 0.2), groups=((100, 1), (300, 3), (600, 12)),
         presets={"fast": {"gammas": [0.3, 0.1]}, "detail": {"gammas": [0.8, 0.4]}},
     )
-    assert cfg.preset("balanced") is cfg
+    balanced = cfg.preset("balanced")
+    assert balanced.gammas == cfg.gammas and balanced.groups == cfg.groups
+    assert balanced.max_share == PRESET_MAX_SHARE["balanced"] and cfg.max_share == (1.0, 1.0)
     fast, detail = cfg.preset("fast"), cfg.preset("detail")
     assert fast.gammas == (0.3, 0.1) and detail.gammas == (0.8, 0.4)
     assert fast.groups == detail.groups == cfg.groups
