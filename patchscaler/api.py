@@ -129,6 +129,11 @@ def _check_max_batch(max_batch_patches: Any) -> int | None:
     return max_batch_patches
 
 
+def _check_progress(progress: Any) -> None:
+    if not isinstance(progress, bool) and not callable(progress):
+        raise TypeError(f"progress must be a bool or a callable(done, total, stage), got {type(progress).__name__}")
+
+
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
@@ -454,8 +459,7 @@ def upscale(
     sampler_name = _check_sampler(sampler, model)
     check_quality(quality)  # here too: sampler="none" never reaches the PGS config
     seed = _check_seed(seed)
-    if not isinstance(progress, bool) and not callable(progress):
-        raise TypeError(f"progress must be a bool or a callable(done, total, stage), got {type(progress).__name__}")
+    _check_progress(progress)
     max_batch_patches = _check_max_batch(max_batch_patches)
     chunks = chunk_sizes(parse_memory(memory_budget)) if memory_budget is not None else None
     if chunks is not None and max_batch_patches is None:
