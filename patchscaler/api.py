@@ -408,7 +408,7 @@ def upscale(
             step counts per group, thresholds that put about 8 %, 12 % or 30 % of the
             patches in the hard group (calibrated, ``weights/pgs_config.json``): ~0.19,
             ~0.26 and ~0.43 of the uniform sampler's evaluations on held-out photos,
-            and at most 15 %, 25 % or 50 % of an image's patches hard (40 %, 50 %, 60 %
+            and at most 40 %, 55 % or 90 % of an image's patches hard (65 %, 85 %, 75 %
             medium), the lowest confidence first, so a preset changes the cost even on an
             image whose confidence is low everywhere. ``"ddim"``: 10, 20 or 50 steps.
             Ignored by ``sampler="none"`` and ``"uniform"``.
