@@ -150,7 +150,7 @@ class PatchScalerPipeline:
         max_lr_pixels_per_run: at most this many LR pixels go through one sampler run:
             large images are cut into bands of patch rows (at least one patch row per
             band), small ones share a run.
-        quality: PGS preset for a sampler given by name: "fast", "balanced" (default) or "detail".
+        quality: preset for a sampler given by name: "fast", "balanced" (default) or "detail".
     """
 
     def __init__(
