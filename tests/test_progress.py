@@ -5,7 +5,6 @@ advance, with the tiny test models; the DiT total is known before the first eval
 from __future__ import annotations
 
 import pytest
-import torch
 
 import patchscaler
 from patchscaler.pipeline import PatchScalerPipeline
