@@ -102,9 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     # torch; listing them here would make --help wait for it).
     p.add_argument(
         "--sampler", default=None, metavar="NAME",
-        help="pgs: patch-adaptive group sampling with the Patch-DiT (the method); uniform: every patch "
-        "the hard group's steps (the slow baseline); none: the GRM alone, one network pass. Default: pgs "
-        "when the model set has its weights, else none; `python -m patchscaler.info` lists what this install runs",
+        help="pgs: patch-adaptive group sampling with the Patch-DiT (the method); none: the GRM alone, one "
+        "network pass; or another registered sampler (uniform, ddim, ...: `python -m patchscaler.info` lists "
+        "what each model set of this install runs). Default: the model set's own (its set.json), else pgs "
+        "when the set has its weights, else none",
     )
     p.add_argument(
         "--model", choices=MODEL_SETS, default=DEFAULT_MODEL,
@@ -301,8 +302,7 @@ def _process(args: argparse.Namespace, opts: dict, bar: ImageBar, job: _Job) -> 
     for note in meta.warnings:
         _say("warning", note)
     bar.start(job.src.name)
-    # `progress` takes the bar once upscale() calls progress(done, total, stage); see
-    # patchscaler/progress_bars.py.
+    # upscale() tells the bar its GRM tiles and DiT evaluations: progress(done, total, stage).
     out, gmap = api.upscale(arr, **opts, seed=args.seed, return_groups=True,
                             progress=bar if bar.enabled else False)
     write_image(out, job.dst, meta)

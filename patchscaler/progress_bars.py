@@ -1,15 +1,15 @@
 """The command's progress bar inside one image, fed by `upscale(..., progress=bar)`.
 
 `upscale` reports its work as ``progress(done, total, stage)``: ``stage`` "grm" counts GRM
-bands, "dit" counts Patch-DiT patch-evaluations (the sampler knows their number before
-it starts). `ImageBar` turns those calls into one tqdm bar per image:
+tiles (an untiled image is one), "dit" counts Patch-DiT patch-evaluations (planned before
+the first one runs). `ImageBar` turns those calls into one tqdm bar per image:
 
 * the bar's position is the sum over stages of what is done, its length the sum of what
-  each stage announced, so the GRM's bands and the DiT's evaluations share one bar (the
+  each stage announced, so the GRM's tiles and the DiT's evaluations share one bar (the
   length grows when a stage first reports: its total is not known before);
-* a stage whose ``done`` drops has started a new round (e.g. the next band's DiT work when
-  totals are per band): the finished round is kept, so the bar never runs backwards;
-* the postfix says where each stage is (``grm 2/4, dit 300/1200``).
+* a stage whose ``done`` drops has started a new round (should a caller report per band):
+  the finished round is kept, so the bar never runs backwards;
+* the postfix says where each stage is (``GRM tiles 1/1, DiT evaluations 300/1200``).
 
 A folder run keeps its images bar and reuses one `ImageBar` (``leave=False``, second line)
 that `start` resets for each image. Nothing is drawn while ``enabled`` is false.
@@ -23,7 +23,7 @@ from typing import Any, Callable
 __all__ = ["ImageBar", "STAGE_NAMES"]
 
 # How the postfix names each stage; unknown stages show under their own name.
-STAGE_NAMES = {"grm": "GRM bands", "dit": "DiT evaluations"}
+STAGE_NAMES = {"grm": "GRM tiles", "dit": "DiT evaluations"}
 
 
 class ImageBar:

@@ -5,6 +5,7 @@ written, kept and failed."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def test_stages_share_one_bar_that_never_runs_backwards():
     r = bar._bar
     assert (r.n, r.total) == (162, 162) and bar.done == bar.total == 162
     assert bar.stages() == {"grm": (2, 2), "dit": (160, 160)}
-    assert r.postfix == "GRM bands 2/2, DiT evaluations 160/160"
+    assert r.postfix == "GRM tiles 2/2, DiT evaluations 160/160"
     assert all(b >= a for (a, _), (b, _) in zip(r.seen, r.seen[1:]))  # monotone position
     assert all(n <= t for n, t in r.seen)
 
@@ -88,56 +89,62 @@ def _image(path, seed=0, size=(6, 7)):
 
 
 @pytest.fixture
-def reporting_upscale(monkeypatch):
-    """`upscale` as the engine branch makes it: it calls ``progress(done, total, stage)`` (GRM
-    bands, then DiT evaluations), then the real GRM-only upscale gives the result."""
+def seen_progress(monkeypatch):
+    """What the command passes to `upscale(progress=...)`, per call (the real upscale runs)."""
     import patchscaler.api as api
 
     real, seen = api.upscale, []
 
-    def upscale(x, *, progress=None, **kw):
+    def upscale(x, *, progress=False, **kw):
         seen.append(progress)
-        if callable(progress):
-            progress(1, 1, "grm")
-            for d in (0, 6, 12):
-                progress(d, 12, "dit")
-        return real(x, **kw, progress=False)
+        return real(x, **kw, progress=progress)
 
     monkeypatch.setattr(api, "upscale", upscale)
     return seen
 
 
-def test_single_image_bar_is_passed_to_upscale_and_advances(fake_models, reporting_upscale, tmp_path, capsys):
-    _image(tmp_path / "a.png")
-    assert cli.main([str(tmp_path / "a.png"), "--sampler", "none", "--progress"]) == 0
-    (bar,) = reporting_upscale
-    assert isinstance(bar, ImageBar) and bar.stages() == {"grm": (1, 1), "dit": (12, 12)}
-    err = capsys.readouterr().err
-    assert "13/13" in err and "DiT evaluations 12/12" in err and "wrote " in err
+def _json_records(capsys) -> tuple[list[dict], str]:
+    captured = capsys.readouterr()
+    return json.loads(captured.out)["images"], captured.err
+
+
+def test_single_image_bar_advances_with_the_dit(fake_models, seen_progress, tmp_path, capsys):
+    # The tiny models of conftest.py, PGS: the bar is told every GRM tile and DiT evaluation.
+    _image(tmp_path / "a.png", size=(40, 44))
+    assert cli.main([str(tmp_path / "a.png"), "--sampler", "pgs", "--progress", "--json", "-"]) == 0
+    (bar,) = seen_progress
+    (rec,), err = _json_records(capsys)
+    assert isinstance(bar, ImageBar) and rec["evaluations"] > 0
+    assert bar.stages() == {"grm": (1, 1), "dit": (rec["evaluations"], rec["evaluations"])}
+    assert f"DiT evaluations {rec['evaluations']}/{rec['evaluations']}" in err and "wrote " in err
 
 
 @pytest.mark.parametrize("flags", [["-q"], []])  # -q; and stderr not a terminal (pytest's capture)
-def test_no_bar_when_quiet_or_not_a_terminal(fake_models, reporting_upscale, tmp_path, capsys, flags):
+def test_no_bar_when_quiet_or_not_a_terminal(fake_models, seen_progress, tmp_path, capsys, flags):
     _image(tmp_path / "a.png")
-    assert cli.main([str(tmp_path / "a.png"), "--sampler", "none", *flags]) == 0
-    assert reporting_upscale == [False]
-    assert "it/s" not in capsys.readouterr().err and "step/s" not in capsys.readouterr().err
+    assert cli.main([str(tmp_path / "a.png"), "--sampler", "pgs", *flags]) == 0
+    assert seen_progress == [False]
+    err = capsys.readouterr().err
+    assert "DiT evaluations" not in err and "patch-step" not in err
 
 
-def test_folder_run_shows_each_image_and_the_summary_of_a_rerun(fake_models, reporting_upscale, tmp_path, capsys):
+def test_folder_run_shows_each_image_and_the_summary_of_a_rerun(fake_models, seen_progress, tmp_path, capsys):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for i in range(3):
-        _image(src / f"p{i}.png", seed=i)
-    assert cli.main([str(src), "-o", str(out), "--sampler", "none", "--progress"]) == 0
-    bars = {id(b) for b in reporting_upscale}
-    assert len(reporting_upscale) == 3 and len(bars) == 1  # one second-line bar, restarted per image
-    err = capsys.readouterr().err
-    assert "images" in err and "DiT evaluations 12/12" in err and f"wrote 3 images to {out}" in err
+        _image(src / f"p{i}.png", seed=i, size=(20 + 4 * i, 24))
+    assert cli.main([str(src), "-o", str(out), "--sampler", "pgs", "--progress", "--json", "-"]) == 0
+    records, err = _json_records(capsys)
+    assert len(seen_progress) == 3 and len({id(b) for b in seen_progress}) == 1  # one second line, restarted
+    bar = seen_progress[0]
+    assert bar.stages()["dit"] == (records[-1]["evaluations"],) * 2  # the last image's own count
+    assert "images" in err and f"wrote 3 images to {out}" in err
+    for r in records:
+        assert f"DiT evaluations {r['evaluations']}/{r['evaluations']}" in err
     # A rerun that skips the finished images and hits a bad one says all three things.
     (src / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
     (src / "p3.png").write_bytes((src / "p0.png").read_bytes())
-    assert cli.main([str(src), "-o", str(out), "--sampler", "none", "-q"]) == 1
+    assert cli.main([str(src), "-o", str(out), "--sampler", "pgs", "-q"]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"wrote 1 image to {out}; 3 already there, kept (--overwrite redoes them); 1 failed"
 
