@@ -85,6 +85,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _set_line(model: str) -> str:
+    """One model set for --help: its name and what its set.json says it is for (read without torch)."""
+    from patchscaler.checkpoints import set_manifest
+
+    try:
+        about = set_manifest(model)
+    except (OSError, ValueError):
+        about = {}
+    desc = about.get("description", "no set.json in this install")
+    return f"{model}: {desc}".replace("%", "%%")  # argparse formats help with %
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -109,8 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model", choices=MODEL_SETS, default=DEFAULT_MODEL,
-        help=f"model set: bicubic (trained on bicubic downscaling) or real (real-world degradations); "
-        f"default {DEFAULT_MODEL}; `python -m patchscaler.info` lists what this install has",
+        help=f"model set (default {DEFAULT_MODEL}): " + "; ".join(_set_line(m) for m in MODEL_SETS)
+        + ". `python -m patchscaler.info` lists what this install has",
     )
     p.add_argument(
         "--quality", default=None, metavar="PRESET",

@@ -12,7 +12,7 @@ import platform
 import sys
 
 import patchscaler
-from patchscaler.checkpoints import DEFAULT_MODEL, list_sets, weights_root
+from patchscaler.checkpoints import DEFAULT_MODEL, list_sets, set_manifest, weights_root
 
 
 def _triton_version() -> str | None:
@@ -43,6 +43,7 @@ def basic_info() -> dict:
         "weights_root": str(weights_root()),
         "default_model": DEFAULT_MODEL,
         "weights": shipped_weights(),
+        "model_sets": {m: set_manifest(m) for m in list_sets()},
     }
 
 
@@ -83,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     _print_scalars(basic)
     print(f"weights (shipped): model sets in {basic['weights_root']}, default {basic['default_model']}")
     for model, files in basic["weights"].items():
-        print(f"  {model}")
+        about = basic["model_sets"].get(model, {})
+        print(f"  {model}" + (f": {about['description']}" if about.get("description") else ""))
+        if about.get("default_sampler"):
+            print(f"    {'default sampler':18s} {about['default_sampler']}")
         for name, state in files.items():
             print(f"    {name:18s} {state}")
     sys.stdout.flush()  # on screen while torch loads
