@@ -9,6 +9,9 @@ folder and are installed as `patchscaler.kernels`.
 
 Build with the PyTorch already installed in the environment:
     pip install --no-build-isolation -e .
+ninja compiles the translation units in parallel (MAX_JOBS caps the workers, default:
+ninja's own, cores + 2); `pip install -v ...` shows its [n/N] progress lines, which
+pip otherwise hides behind "still running...". Build times: benchmarks/results/build-time.md.
 """
 
 import glob
@@ -31,12 +34,21 @@ def _want_cuda() -> bool:
 def _extension():
     cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    with_cuda = _want_cuda()
+    # One line up front, so a build log says what is being compiled and how wide
+    # (ninja then prints "[n/N] <command>" per file as it finishes).
+    print(
+        f"patchscaler._C: {len(cpp_sources)} C++"
+        + (f" + {len(cuda_sources)} CUDA" if with_cuda else " (no CUDA)")
+        + f" files, ninja jobs: {os.environ.get('MAX_JOBS', 'ninja default')}",
+        flush=True,
+    )
     # PyTorch >= 2.13 headers require C++20; older ones accept it too.
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     # ops register through TORCH_LIBRARY, so the module itself exports no functions;
     # Py_LIMITED_API keeps the .so loadable by any CPython >= 3.9.
     define_macros = [("Py_LIMITED_API", "0x03090000")]
-    if _want_cuda():
+    if with_cuda:
         return CUDAExtension(
             "patchscaler._C",
             cpp_sources + cuda_sources,
