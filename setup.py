@@ -77,9 +77,13 @@ setup(
     python_requires=">=3.10",
     # pypng: 16-bit PNGs, which Pillow cannot write (see patchscaler/image_files.py)
     install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tqdm", "pypng"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "scipy"]},
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "gradio", "gradio_client"],
+        # the local web app, patchscaler-ui (patchscaler/ui.py)
+        "ui": ["gradio"],
+    },
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["patchscaler=patchscaler.cli:main"]},
+    entry_points={"console_scripts": ["patchscaler=patchscaler.cli:main", "patchscaler-ui=patchscaler.ui:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )
