@@ -267,14 +267,13 @@ def build_app(initial: Sequence[Result] = ()):
                 else:  # older Gradio: the after image alone
                     slider = gr.Image(first[0][1] if first[0] else None, label="After", type="pil", format="png",
                                       interactive=False)
+                stats = gr.Markdown(stats_markdown(initial) if initial else "")
                 with gr.Row():
                     groups = gr.Image(first[1], label="Group map: which patches got how many steps", type="pil",
                                       format="png", interactive=False)
-                    with gr.Column():
-                        stats = gr.Markdown(stats_markdown(initial) if initial else "")
-                        download = gr.File(
-                            [str(r.output) for r in ok0] or None, label="Download (PNG, full bit depth, with metadata)",
-                            file_count="multiple", interactive=False)
+                    download = gr.File(
+                        [str(r.output) for r in ok0] or None, label="Download (PNG, full bit depth, with metadata)",
+                        file_count="multiple", interactive=False)
         model.change(on_model, model, sampler)
         go.click(run, [files, model, sampler, quality, outscale, seed],
                  [results_state, pick, slider, groups, stats, download], api_name="upscale")

@@ -148,5 +148,7 @@ def test_page_renders_in_headless_chromium(server, tmp_path):
          "--virtual-time-budget=20000", "--dump-dom", server],
         capture_output=True, text=True, timeout=120,
     ).stdout
-    assert TITLE in dom  # the app's own heading, rendered, not just the HTML <title>
-    assert "Upscale" in dom and "Quality preset" in dom
+    # Rendered elements, which the served HTML (config as JSON) does not contain as such:
+    # the Markdown heading turned into <h1>, and a component's label in its element.
+    assert f"<h1>{TITLE}</h1>" in dom
+    assert ">Upscale<" in dom and ">Quality preset<" in dom
