@@ -46,8 +46,13 @@ def _extension():
     # PyTorch >= 2.13 headers require C++20; older ones accept it too.
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     # ops register through TORCH_LIBRARY, so the module itself exports no functions;
-    # Py_LIMITED_API keeps the .so loadable by any CPython >= 3.9.
-    define_macros = [("Py_LIMITED_API", "0x03090000")]
+    # Py_LIMITED_API keeps the .so loadable by any later CPython. PyTorch >= 2.6 defines
+    # it itself for py_limited_api extensions (its minimum CPython, 3.10 for 2.14);
+    # defining it here too only printed a "redefined" warning for every file.
+    from torch.utils import cpp_extension
+
+    defines_limited_api = hasattr(cpp_extension, "min_supported_cpython")
+    define_macros = [] if defines_limited_api else [("Py_LIMITED_API", "0x03090000")]
     if with_cuda:
         return CUDAExtension(
             "patchscaler._C",

@@ -9,6 +9,7 @@ a missing package fails instead of skipping.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -112,6 +113,16 @@ def server(tmp_path_factory):
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def test_page_loads_nothing_from_other_hosts(server):
+    # Offline by design: every script and stylesheet the page loads comes from this server
+    # (Gradio 6's default theme ships its fonts; a Google-Fonts theme would show up here).
+    with urllib.request.urlopen(server, timeout=30) as r:
+        html = r.read().decode()
+    urls = re.findall(r'<(?:script|link)\b[^>]*?(?:src|href)="([^"]*)"', html)
+    assert urls, "no scripts or stylesheets found: the page layout changed, update this test"
+    assert all(not u.startswith(("http:", "https:", "//")) or u.startswith(server) for u in urls), urls
 
 
 def _predict(client, path: Path):
