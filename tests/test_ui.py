@@ -163,3 +163,16 @@ def test_page_renders_in_headless_chromium(server, tmp_path):
     # the Markdown heading turned into <h1>, and a component's label in its element.
     assert f"<h1>{TITLE}</h1>" in dom
     assert ">Upscale<" in dom and ">Quality preset<" in dom
+
+
+def test_server_mixed_upload_keeps_the_good_images(server, tmp_path):
+    client = gradio_client.Client(server, verbose=False, download_files=str(tmp_path / "dl"))
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    good = _image(tmp_path / "ok.png", h=12, w=12)
+    pick, slider, groups, stats, download = client.predict(
+        [gradio_client.handle_file(str(bad)), gradio_client.handle_file(str(good))],
+        "bicubic", "none", "balanced", 2, 0, api_name="/upscale")
+    assert [Path(f).name for f in download] == ["ok_x2.png"]  # outscale 2, the good file only
+    assert read_image(download[0])[0].shape == (24, 24, 3)
+    assert "empty.png" in stats and "failed" in stats  # the table says what was not done
