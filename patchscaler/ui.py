@@ -186,8 +186,9 @@ def stats_markdown(results: Sequence[Result]) -> str:
     return "\n".join(rows)
 
 
-def build_app(initial: Sequence[Result] = ()):
-    """The page (a `gradio.Blocks`). ``initial``: results to show when it opens."""
+def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = None):
+    """The page (a `gradio.Blocks`). ``initial``: results to show when it opens;
+    ``max_megapixels``: refuse uploads whose ×4 output is larger (`upscale_files`)."""
     import gradio as gr
 
     from patchscaler.checkpoints import DEFAULT_MODEL
@@ -214,7 +215,7 @@ def build_app(initial: Sequence[Result] = ()):
         progress(0, desc=f"upscaling {len(paths)} image(s)")
         try:
             results = upscale_files(paths, model=model, sampler=sampler, quality=quality,
-                                    outscale=outscale, seed=int(seed or 0))
+                                    outscale=outscale, seed=int(seed or 0), max_megapixels=max_megapixels)
         except (ValueError, OSError) as exc:  # settings wrong for every file
             raise gr.Error(str(exc).strip().splitlines()[0]) from None
         failed = [r for r in results if r.error is not None]
@@ -288,6 +289,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--example", action="store_true",
                    help="open with the bundled example already upscaled (runs it once at start)")
+    p.add_argument("--max-megapixels", type=float, default=None, metavar="MP",
+                   help="refuse images whose x4 output is above MP megapixels (default: no limit)")
     p.add_argument("--example-sampler", default=None, help=argparse.SUPPRESS)  # tests: "none" is instant
     return p
 
@@ -305,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from patchscaler.examples import EXAMPLE_LR
 
         initial = upscale_files([EXAMPLE_LR], sampler=args.example_sampler)
-    app = build_app(initial)
+    app = build_app(initial, max_megapixels=args.max_megapixels)
     print(f"patchscaler-ui: serving on http://{args.host}:{args.port}", flush=True)
     app.queue().launch(server_name=args.host, server_port=args.port, share=False,
                        inbrowser=False, show_error=True, quiet=True)

@@ -176,3 +176,11 @@ def test_server_mixed_upload_keeps_the_good_images(server, tmp_path):
     assert [Path(f).name for f in download] == ["ok_x2.png"]  # outscale 2, the good file only
     assert read_image(download[0])[0].shape == (24, 24, 3)
     assert "empty.png" in stats and "failed" in stats  # the table says what was not done
+
+
+def test_upscale_files_size_limit(tmp_path):
+    # --max-megapixels: 20x24 in is 80x96 = 0.0077 MP out, above 0.005: refused before decoding
+    (res,) = upscale_files([_image(tmp_path / "big.png")], sampler="none", max_megapixels=0.005, out_dir=tmp_path)
+    assert res.error is not None and "MP" in res.error and res.output is None
+    (res,) = upscale_files([tmp_path / "big.png"], sampler="none", max_megapixels=0.01, out_dir=tmp_path)
+    assert res.error is None
