@@ -1,8 +1,8 @@
 """A local web app: drop images, upscale them ×4, compare before/after, download.
 
-    pip install -e .[ui]                  # Gradio, the demo convention of this field
-    patchscaler-ui                        # or: python -m patchscaler.ui --port 7860
-    patchscaler-ui --example              # opens with the bundled example already upscaled
+    pip install --no-build-isolation -e .[ui]    # Gradio, the demo convention of this field
+    patchscaler-ui                               # or: python -m patchscaler.ui --port 7860
+    patchscaler-ui --example                     # opens with the bundled example already upscaled
 
 It serves on 127.0.0.1 only (``--host`` to change), offline: no share link, no usage
 analytics. Every request goes through the same `patchscaler.upscale` as the command and the
@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        print("patchscaler-ui: error: the web app needs Gradio: pip install -e .[ui]", file=sys.stderr)
+        print("patchscaler-ui: error: the web app needs Gradio: pip install --no-build-isolation -e .[ui]", file=sys.stderr)
         return 2
     initial: list[Result] = []
     if args.example:
