@@ -78,7 +78,7 @@ setup(
     description="Fast x4 diffusion super-resolution with patch-adaptive group sampling (PatchScaler)",
     packages=find_packages(include=["patchscaler", "patchscaler.*"]) + ["patchscaler.kernels"],
     package_dir={"patchscaler.kernels": "kernels"},
-    package_data={"patchscaler": ["weights/*/*.safetensors", "weights/*/*.json", "metrics/*.safetensors", "examples/*.png", "examples/*.md"]},
+    package_data={"patchscaler": ["weights/*/*.safetensors", "weights/*/*.json", "metrics/*.safetensors", "metrics/*.txt", "examples/*.png", "examples/*.md"]},
     python_requires=">=3.10",
     # pypng: 16-bit PNGs, which Pillow cannot write (see patchscaler/image_files.py)
     install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tqdm", "pypng"],

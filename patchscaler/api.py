@@ -24,10 +24,11 @@ from torch import Tensor
 from patchscaler.memory_budget import ChunkSizes, chunk_sizes, parse_memory
 from patchscaler.output_buffer import ArrayOutput
 from patchscaler.outsize import check_output_size, fit_output, target_size
-from patchscaler.checkpoints import cached, require, weights_root
+from patchscaler.checkpoints import cached, require, set_manifest, weights_root
 from patchscaler.pipeline import PatchScalerPipeline
 from patchscaler.sampling.registry import (
     DEFAULT_MODEL,
+    DEFAULT_QUALITY,
     DEFAULT_SAMPLER,
     SAMPLERS,
     check_model,
@@ -36,7 +37,7 @@ from patchscaler.sampling.registry import (
     sampler_available,
 )
 
-__all__ = ["upscale", "SUPPORTED_SCALES", "default_sampler", "get_pipeline"]
+__all__ = ["upscale", "SUPPORTED_SCALES", "check_options", "default_sampler", "get_pipeline"]
 
 SUPPORTED_SCALES = (4,)
 # Inputs in [0, 1] that went through fp16/bf16 arithmetic can land a little outside.
@@ -56,13 +57,18 @@ _warn_lock = threading.Lock()
 
 
 def default_sampler(model: str | None = None) -> str:
-    """What ``sampler=None`` means: ``"pgs"`` when model set ``model`` has its weights, else ``"none"``.
+    """What ``sampler=None`` means: the set's own default (``default_sampler`` in its
+    ``set.json``, e.g. ``"none"`` for a set whose GRM is its best path), else ``"pgs"`` when
+    model set ``model`` has its weights, else ``"none"``.
 
     The SPEC's default is PGS, but ``upscale(x)`` must also work with a set that has only
     its GRM; then it falls back to the GRM alone and warns once per process (asking for
-    ``sampler="pgs"`` explicitly raises instead).
+    ``sampler="pgs"`` explicitly raises instead). A set that names ``"none"`` itself is not warned about.
     """
     global _warned_default_sampler
+    own = set_manifest(model).get("default_sampler")
+    if own is not None and sampler_available(own, model):
+        return own
     if sampler_available(DEFAULT_SAMPLER, model):
         return DEFAULT_SAMPLER
     with _warn_lock:
@@ -129,6 +135,53 @@ def _check_max_batch(max_batch_patches: Any) -> int | None:
     return max_batch_patches
 
 
+def _check_progress(progress: Any) -> None:
+    if not isinstance(progress, bool) and not callable(progress):
+        raise TypeError(f"progress must be a bool or a callable(done, total, stage), got {type(progress).__name__}")
+
+
+def _check_max_output(max_output_megapixels: Any) -> None:
+    if max_output_megapixels is None:
+        return
+    if isinstance(max_output_megapixels, bool) or not isinstance(max_output_megapixels, (int, float)) \
+            or not max_output_megapixels > 0:  # `not > 0`: also NaN
+        raise ValueError(f"max_output_megapixels must be a positive number or None, got {max_output_megapixels!r}")
+
+
+def check_options(
+    *,
+    sampler: str | None = None,
+    model: str = DEFAULT_MODEL,
+    quality: str = DEFAULT_QUALITY,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    max_batch_patches: int | None = None,
+    max_output_megapixels: float | None = None,
+    outscale: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    memory_budget: int | str | None = None,
+) -> str:
+    """Check `upscale`'s options without an image, with `upscale`'s own checks and errors,
+    so a caller about to read many files fails before the first (the ``patchscaler`` command).
+
+    Returns the sampler name ``sampler`` stands for (``None``: `default_sampler`, which may
+    warn). Raises what `upscale` raises for these options (ValueError, TypeError,
+    `WeightsNotAvailableError` for a missing model set).
+    """
+    check_output_size(outscale, width, height)
+    model = check_model(model)
+    require("grm", model)
+    name = _check_sampler(sampler, model)
+    check_quality(quality)
+    _check_max_batch(max_batch_patches)
+    _check_max_output(max_output_megapixels)
+    if memory_budget is not None:
+        parse_memory(memory_budget)
+    _check_dtype(dtype, _check_device(device, torch.device("cpu")))
+    return name
+
+
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
@@ -143,7 +196,7 @@ def get_pipeline(
     scale: int = 4,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    quality: str = "balanced",
+    quality: str = DEFAULT_QUALITY,
     model: str = DEFAULT_MODEL,
     chunks: ChunkSizes | None = None,
 ) -> PatchScalerPipeline:
@@ -363,13 +416,13 @@ def upscale(
     scale: int = 4,
     sampler: str | None = None,
     model: str = DEFAULT_MODEL,
-    quality: str = "balanced",
+    quality: str = DEFAULT_QUALITY,
     seed: int = 0,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     max_batch_patches: int | None = None,
     return_groups: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[int, int, str], None] = False,
     max_output_megapixels: float | None = None,
     outscale: float | None = None,
     width: int | None = None,
@@ -391,7 +444,8 @@ def upscale(
         scale: upscaling factor; only 4 (×2 is future work).
         sampler: ``"pgs"`` (patch-adaptive group sampling, the method), ``"uniform"``
             (every patch the hard group's steps: the slow baseline), ``"none"`` (the GRM
-            alone, one network pass), or ``None``: ``"pgs"`` when its DiT weights ship
+            alone, one network pass), another registered one (``"ddim"``, ...;
+            `patchscaler.sampling.registry.SAMPLERS`), or ``None``: ``"pgs"`` when its DiT weights ship
             with this install, otherwise ``"none"`` with a one-time warning.
             Asking for ``"pgs"``/``"uniform"`` without their weights raises.
         model: the model set whose weights run: ``"bicubic"`` (trained on bicubic
@@ -401,7 +455,10 @@ def upscale(
         quality: PGS preset: ``"fast"``, ``"balanced"`` (default) or ``"detail"``. Same
             step counts per group, thresholds that put about 8 %, 12 % or 30 % of the
             patches in the hard group (calibrated, ``weights/pgs_config.json``): ~0.19,
-            ~0.26 and ~0.43 of the uniform sampler's evaluations on held-out photos.
+            ~0.26 and ~0.43 of the uniform sampler's evaluations on held-out photos,
+            and at most 40 %, 55 % or 90 % of an image's patches hard (65 %, 85 %, 75 %
+            medium), the lowest confidence first, so a preset changes the cost even on an
+            image whose confidence is low everywhere. ``"ddim"``: 10, 20 or 50 steps.
             Ignored by ``sampler="none"`` and ``"uniform"``.
         seed: the diffusion noise of every patch is derived from ``seed`` and the patch's
             position in its image, so a result does not depend on the other images in
@@ -415,7 +472,11 @@ def upscale(
         return_groups: also return a :class:`~patchscaler.group_map.GroupMap` per image
             (group and step count of every patch, confidence map): ``(out, groups)``;
             ``groups`` is a list for batches and lists, a single GroupMap otherwise.
-        progress: show tqdm progress bars (GRM tiles, denoising).
+        progress: True: show tqdm progress bars (GRM tiles, denoising); or a callable
+            ``progress(done: int, total: int, stage: str)``, called as the work of the
+            call advances: stage ``"grm"`` counts GRM tiles (an untiled image is one),
+            ``"dit"`` the Patch-DiT's patch-evaluations, whose total the sampler plans
+            before the first one runs (it grows image by image in a list of sizes).
         max_output_megapixels: refuse images whose ×4 output would have more pixels than
             this (default None: no limit; the pipeline streams over bands of rows, so memory
             grows with the width, and the output itself is the area term). It bounds the ×4
@@ -446,6 +507,7 @@ def upscale(
     sampler_name = _check_sampler(sampler, model)
     check_quality(quality)  # here too: sampler="none" never reaches the PGS config
     seed = _check_seed(seed)
+    _check_progress(progress)
     max_batch_patches = _check_max_batch(max_batch_patches)
     chunks = chunk_sizes(parse_memory(memory_budget)) if memory_budget is not None else None
     if chunks is not None and max_batch_patches is None:
@@ -457,10 +519,8 @@ def upscale(
     )
     dev = _check_device(device, fallback)
     dt = _check_dtype(dtype, dev)
+    _check_max_output(max_output_megapixels)
     if max_output_megapixels is not None:
-        if isinstance(max_output_megapixels, bool) or not isinstance(max_output_megapixels, (int, float)) \
-                or not max_output_megapixels > 0:
-            raise ValueError(f"max_output_megapixels must be a positive number or None, got {max_output_megapixels!r}")
         limit = float(max_output_megapixels) * 1e6
         for i, item in enumerate(items):
             h, w = item.rgb.shape[-2:]

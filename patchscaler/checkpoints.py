@@ -7,6 +7,8 @@ Weights come as named **model sets**, one folder each under the weights root::
     <root>/<set>/rtm_x4.safetensors    reference texture memory (+ its texture encoder)
     <root>/<set>/dit_x4.safetensors    Patch-DiT (config, schedule, prediction in the metadata)
     <root>/<set>/pgs_config.json       PGS thresholds, steps and presets (made from that DiT)
+    <root>/<set>/set.json              what the set is for, the degradation it was trained
+                                       for and its own default sampler (`set_manifest`)
 
 Sets: ``"bicubic"`` (trained on MATLAB-bicubic LR, the benchmark protocol) and
 ``"real"`` (real-world degradations). A set may be partial (e.g. only its GRM): what
@@ -48,6 +50,7 @@ __all__ = [
     "read_safetensors",
     "require",
     "save_safetensors",
+    "set_manifest",
     "weights_file",
     "weights_root",
 ]
@@ -134,6 +137,23 @@ def list_sets(root: str | os.PathLike | None = None) -> dict[str, dict[str, str]
                 for c, f in FILES.items()
             }
     return out
+
+
+def set_manifest(model: str | None = None, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The set's own description, ``<set>/set.json``: ``{"description", "degradation",
+    "default_sampler", "made_by"}`` ({} for a set folder without one, e.g. a test's tiny set).
+
+    Why a file in the set and not a table in the code: a set is made by training runs and
+    shipped as a folder; what it is for and which sampler suits it travel with its weights.
+    """
+    path = model_dir(model, root) / "set.json"
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        manifest = json.load(f)
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    return manifest
 
 
 # ---------------------------------------------------------------------------- files

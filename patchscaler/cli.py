@@ -13,93 +13,99 @@ channel is upscaled separately (bicubic) and kept, 16-bit PNGs give 16-bit PNGs.
 Exit status: 0 all written; 1 a folder run where some images failed (the others are
 still written; the failures are listed at the end); 2 the run could not start, or
 the single input file could not be read, upscaled or written.
+
+The command parses its arguments, has `patchscaler.api.check_options` check the rest
+(the API's errors are respelled for the command line by `cli_spelling`), calls
+`upscale()` per image and reports. torch is imported only after argparse has accepted the
+arguments, so --help, --version and usage errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import struct
+import os
+import re
 import sys
 import time
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from patchscaler import distributed
+# Only modules that do not import torch (nor numpy) at the top: --help, --version and
+# argument errors answer before torch is loaded (tests/test_cli_startup.py checks it).
+import patchscaler
+from patchscaler.checkpoints import DEFAULT_MODEL, MODEL_SETS, WeightsNotAvailableError
 from patchscaler.folder_run import IMAGE_ERRORS, image_error, one_line, run_jobs
+from patchscaler.progress_bars import ImageBar
 
+__all__ = ["main"]
+
+PROG = "patchscaler"
 MANIFEST_NAME = "manifest.jsonl"
-
-import numpy as np
-
-from patchscaler.sampling.registry import DEFAULT_MODEL, MODEL_SETS, QUALITY_PRESETS, SAMPLERS
-
-__all__ = ["main", "read_image_array", "write_image_array"]
-
 OUTPUT_FORMATS = ("png", "jpg", "webp", "tif", "bmp", "same")
-# Images whose LR has more pixels than this get a progress bar over their patches too.
-PATCH_PROGRESS_MIN_PIXELS = 256 * 256
+# `upscale()` parameter → the option that sets it: how the API's errors are spelled here.
+API_OPTIONS = {
+    "sampler": "--sampler",
+    "model": "--model",
+    "quality": "--quality",
+    "device": "--device",
+    "max_batch_patches": "--max-batch-patches",
+    "max_output_megapixels": "--max-megapixels",
+    "memory_budget": "--max-memory",
+    "outscale": "--outscale",
+    "width": "--width",
+    "height": "--height",
+}
 
 
 class CLIError(Exception):
     """An error to report as one line (no traceback)."""
 
 
-# ------------------------------------------------------------------------- image io
-
-
-def _png_bit_depth(path: Path) -> int | None:
-    """Bit depth from a PNG's IHDR, or None if ``path`` is not a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(33)
-    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return head[24]
-
-
-def read_image_array(path: str | Path) -> np.ndarray:
-    """Read an image keeping what the output should keep: ``[H,W]`` (grey), ``[H,W,2]``
-    (grey + alpha), ``[H,W,3]`` or ``[H,W,4]``; uint8, or uint16 for 16-bit files
-    (`patchscaler.image_files.read_image` without its metadata).
-
-    Raises OSError with a one-line message if the file cannot be decoded.
-    """
-    from patchscaler.image_files import read_image
-
-    return read_image(path)[0]
-
-
-def write_image_array(arr: np.ndarray, path: str | Path, meta=None) -> None:
-    """Write an array from `read_image_array`'s family; the suffix picks the format
-    (`patchscaler.image_files.write_image`: 16-bit PNG for 16-bit data, ``meta``'s ICC
-    profile / EXIF / text kept, written to a temporary name and renamed)."""
-    from patchscaler.image_files import write_image
-
-    write_image(arr, path, meta)
+def cli_spelling(message: str) -> str:
+    """An API error message as the command's user knows the options: ``device='cpu'`` →
+    ``--device cpu``, ``sampler must be`` → ``--sampler must be``; ``or None`` dropped (an
+    option left out is the None). The one place the API's spelling is translated."""
+    for name, opt in API_OPTIONS.items():
+        message = re.sub(rf"(?<![\w-]){name}=(?:'([^']*)'|([^\s,;)]+))", rf"{opt} \1\2", message)
+        # The bare name where it names the option ("width must", "either outscale or",
+        # "width/height)"); as a word of prose ("model set 'real'", "torch device:") it stays.
+        message = re.sub(rf"(?<![\w'-]){name}(?= must\b|/|\)|,| or |$)|^{name}(?= ')", opt, message)
+    return message.replace(" or None,", ",").replace(" (or None)", "")
 
 
 # ------------------------------------------------------------------------ arguments
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)  # argparse turns the ValueError into "invalid _positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="patchscaler",
+        prog=PROG,
         description="×4 diffusion super-resolution (PatchScaler) of an image file or a folder of images.",
         epilog="Exit status: 0 ok, 1 some images of a folder failed, 2 the run could not start "
         "or the single input failed.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {patchscaler.__version__}")
     p.add_argument("input", type=Path, help="image file, or folder of images (searched recursively)")
     p.add_argument(
         "-o", "--output", type=Path, default=None,
         help="output file, or folder (default: INPUT_x4.png next to a file, INPUT_x4/ for a folder)",
     )
+    # Sampler and preset names are checked by upscale() (the registry behind it imports
+    # torch; listing them here would make --help wait for it).
     p.add_argument(
-        "--sampler", choices=tuple(SAMPLERS), default=None,
-        help="; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values())
-        + ". Default: pgs when the model set has its weights, else none",
+        "--sampler", default=None, metavar="NAME",
+        help="pgs: patch-adaptive group sampling with the Patch-DiT (the method); none: the GRM alone, one "
+        "network pass; or another registered sampler (uniform, ddim, ...: `python -m patchscaler.info` lists "
+        "what each model set of this install runs). Default: the model set's own (its set.json), else pgs "
+        "when the set has its weights, else none",
     )
     p.add_argument(
         "--model", choices=MODEL_SETS, default=DEFAULT_MODEL,
@@ -107,14 +113,16 @@ def _parser() -> argparse.ArgumentParser:
         f"default {DEFAULT_MODEL}; `python -m patchscaler.info` lists what this install has",
     )
     p.add_argument(
-        "--quality", choices=QUALITY_PRESETS, default="balanced",
-        help="PGS preset: fast / balanced / detail put about 8 / 12 / 30 %% of the patches in the hard "
-        "group (default balanced)",
+        "--quality", default=None, metavar="PRESET",
+        help="PGS preset: fast, balanced or detail put about 8, 12 or 30 %% of the patches in the hard "
+        "group (default: upscale()'s, the middle one)",
     )
     p.add_argument("--seed", type=int, default=0, help="noise seed (results are reproducible per seed)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available; "
                    "under torchrun cuda:LOCAL_RANK, or the CPU)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's, one per core, with idle threads sleeping "
+                   "rather than spinning; 1 on a machine another job keeps busy)")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true", help="run the models in float16")
     prec.add_argument("--bf16", action="store_true", help="run the models in bfloat16")
@@ -139,6 +147,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--width", type=int, default=None, metavar="W", help="exact output width (keeps the aspect without --height)")
     p.add_argument("--height", type=int, default=None, metavar="H", help="exact output height (keeps the aspect without --width)")
+    _add_output_options(p)
+    return p
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    """What is written and shown: formats, extra pictures and reports, bars, folder runs."""
     p.add_argument(
         "--format", choices=OUTPUT_FORMATS, default="png",
         help="output format for folder runs (default png; 'same' keeps each input's extension)",
@@ -149,7 +163,10 @@ def _parser() -> argparse.ArgumentParser:
         "map with --sampler none); a file for a file input, a folder for a folder input",
     )
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write per-image statistics as JSON ('-': stdout)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no 'wrote' line")
+    shown.add_argument("--progress", action="store_true",
+                       help="progress bars even when stderr is not a terminal (default: only on a terminal)")
     p.add_argument("--overwrite", action="store_true",
                    help="folder runs: redo images whose output already exists (default: keep them, so a rerun resumes)")
     p.add_argument("--shard", choices=["dynamic", "static"], default="dynamic",
@@ -157,7 +174,6 @@ def _parser() -> argparse.ArgumentParser:
                    "a fixed pixel-balanced share (static)")
     p.add_argument("--manifest", type=Path, default=None, metavar="PATH",
                    help=f"folder runs: JSON lines appended per image (default OUTPUT/{MANIFEST_NAME})")
-    return p
 
 
 @dataclass
@@ -205,7 +221,9 @@ def _plan_jobs(args: argparse.Namespace) -> tuple[list[_Job], Path | None]:
     return [_Job(src, dst, args.save_groups)], None
 
 
-def _groups_picture(out: np.ndarray, gmap, path: Path) -> None:
+def _groups_picture(out, gmap, path: Path) -> None:
+    """The --save-groups picture of one result (``out``: the written array) at ``path``."""
+    import numpy as np
     import torch
 
     from patchscaler.image_files import atomic_write
@@ -224,157 +242,182 @@ def _groups_picture(out: np.ndarray, gmap, path: Path) -> None:
         group_map_image(hr, gmap).save(tmp, format="PNG")
 
 
+# ------------------------------------------------------------------------- the run
+
+
+def _api_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options `upscale()` and `check_options()` take from the command line; one left
+    out is upscale()'s default (so no default is repeated here)."""
+    opts = dict(
+        sampler=args.sampler, model=args.model, quality=args.quality, device=args.device,
+        dtype="fp16" if args.fp16 else "bf16" if args.bf16 else None,
+        max_batch_patches=args.max_batch_patches, max_output_megapixels=args.max_megapixels,
+        outscale=args.outscale, width=args.width, height=args.height, memory_budget=args.max_memory,
+    )
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def _say(kind: str, text: str) -> None:
+    """One line on stderr, through tqdm.write so that it does not break a bar being drawn."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"{PROG}: {kind}: {text}", file=sys.stderr)
+
+
+def _start(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything that can fail before the first image, checked by the API; returns the
+    options for `upscale()` (the sampler resolved, so its default's note is said once)."""
+    from patchscaler.api import check_options
+
+    opts = _api_options(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opts["sampler"] = check_options(**opts)
+    for w in caught if not args.quiet else ():  # which sampler the default picked: not news under -q
+        _say("note", str(w.message).removeprefix("patchscaler: "))
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return opts
+
+
+def _read(args: argparse.Namespace, src: Path):
+    from patchscaler.image_files import read_image
+
+    mp = args.max_megapixels
+    if mp is None:  # no size limit asked for: only the header's bomb check (Pillow's limit)
+        return read_image(src, limit_hint="; --max-megapixels MP allows larger images")
+    return read_image(src, max_pixels=mp * 1e6 / 16, limit_hint=(
+        f" (its x4 output would be above --max-megapixels {mp:g}; raise it to allow)"))
+
+
+def _process(args: argparse.Namespace, opts: dict, bar: ImageBar, job: _Job) -> dict:
+    """One image: read, upscale, write (atomically); its record for --json and the manifest."""
+    from patchscaler import api
+    from patchscaler.image_files import write_image
+
+    start = time.perf_counter()
+    arr, meta = _read(args, job.src)
+    for note in meta.warnings:
+        _say("warning", note)
+    bar.start(job.src.name)
+    # upscale() tells the bar its GRM tiles and DiT evaluations: progress(done, total, stage).
+    out, gmap = api.upscale(arr, **opts, seed=args.seed, return_groups=True,
+                            progress=bar if bar.enabled else False)
+    write_image(out, job.dst, meta)
+    if gmap.memory_note() is not None:
+        _say("note", f"{job.src}: {gmap.memory_note()}")
+    if gmap.fp32_evaluations:
+        _say("warning", f"{job.src}: {gmap.fp32_evaluations} of {gmap.evaluations} DiT patch-evaluations "
+             "overflowed in half precision and were recomputed in float32")
+    if job.groups is not None:
+        _groups_picture(out, gmap, job.groups)
+    return {
+        "input": str(job.src),
+        "output": str(job.dst),
+        "size": [int(arr.shape[1]), int(arr.shape[0])],
+        "output_size": [int(out.shape[1]), int(out.shape[0])],
+        "seconds": round(time.perf_counter() - start, 4),
+        "groups_picture": str(job.groups) if job.groups else None,
+        **gmap.summary(),
+    }
+
+
+def _run_folder(args, opts, jobs: list[_Job], out_folder: Path, show: bool):
+    """A folder run (alone or under torchrun): (the whole job's `FolderResult`, whether this
+    process reports it: rank 0 or alone)."""
+    from patchscaler import distributed
+
+    ctx = distributed.from_env(args.device)  # under torchrun: this rank's device and share
+    if ctx is not None:
+        opts = {**opts, "device": str(ctx.device)}
+    bar = ImageBar(enabled=show and (ctx is None or ctx.is_main), leave=False, position=1)
+    try:
+        result = run_jobs(
+            jobs, lambda job: _process(args, opts, bar, job), ctx=ctx, overwrite=args.overwrite,
+            manifest=args.manifest or out_folder / MANIFEST_NAME, progress=show,
+            on_error=lambda msg: _say("error", msg), fatal=(WeightsNotAvailableError,), shard=args.shard,
+        )
+    finally:
+        bar.close()
+        if ctx is not None:
+            ctx.close()
+    return result, ctx is None or ctx.is_main
+
+
+def _write_json(path: Path, records: list[dict], failures: list[tuple[str, str]]) -> None:
+    import json
+
+    from patchscaler.image_files import atomic_write
+
+    text = json.dumps({"images": records, "failures": [{"input": str(p), "error": e} for p, e in failures]}, indent=2)
+    if str(path) == "-":
+        print(text)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:  # never a half-written report
+        tmp.write_text(text + "\n")
+
+
+def summary(written: int, skipped: int, failed: int, where: Path) -> str:
+    """The folder run's last line: what was written, kept and failed, whichever are nonzero
+    (a rerun that only skips and fails still says what it kept)."""
+    parts = [f"wrote {written} image{'s' if written != 1 else ''} to {where}"]
+    if skipped:
+        parts.append(f"{skipped} already there, kept (--overwrite redoes them)")
+    if failed:
+        parts.append(f"{failed} failed")
+    return "; ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patchscaler`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    prog = "patchscaler"
+    show = not args.quiet and (args.progress or sys.stderr.isatty())
+    # libgomp's default lets idle threads spin; with another process on one of two cores the
+    # spinning threads and the ones with work take turns, and the 128² example went from
+    # ~2 s to 15-30 s (benchmarks/results/threads-under-load.md). libgomp reads this when
+    # torch loads it: set before anything imports torch, and only if the user has not chosen.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        import torch
-        from tqdm.auto import tqdm
-
-        from patchscaler.image_files import read_image
-        from patchscaler.api import default_sampler, upscale
-        from patchscaler.checkpoints import WeightsNotAvailableError, require
-
-        require("grm", args.model)  # a missing model set: one clear line before anything runs
+        opts = _start(args)
         jobs, out_folder = _plan_jobs(args)
-        folder = out_folder is not None
-        dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
-        if args.sampler is None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                sampler = default_sampler(args.model)
-            for w in caught if not args.quiet else ():
-                print(f"{prog}: note: {str(w.message).removeprefix('patchscaler: ')}", file=sys.stderr)
-        else:
-            sampler = args.sampler
-        max_mp = args.max_megapixels
-        if max_mp is not None and not max_mp > 0:  # also catches nan
-            raise CLIError(f"--max-megapixels must be > 0, got {max_mp:g}")
-        from patchscaler.outsize import check_output_size
-
-        check_output_size(args.outscale, args.width, args.height, prefix="--")
-        if args.max_memory is not None:
-            from patchscaler.memory_budget import parse_memory
-
-            parse_memory(args.max_memory, "--max-memory")  # a bad size: one line before anything runs
-        if args.max_batch_patches is not None and args.max_batch_patches < 1:
-            raise CLIError("--max-batch-patches must be >= 1")
-        if args.threads is not None:
-            if args.threads < 1:
-                raise CLIError("--threads must be >= 1")
-            torch.set_num_threads(args.threads)
-        if args.device is not None:
-            from patchscaler.api import _check_device
-
-            _check_device(args.device, torch.device("cpu"))
-    except (CLIError, ValueError, FileNotFoundError) as exc:  # FileNotFoundError: WeightsNotAvailableError
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+    except (CLIError, ValueError, TypeError, WeightsNotAvailableError) as exc:
+        print(f"{PROG}: error: {cli_spelling(one_line(exc))}", file=sys.stderr)
         return 2
-
-    def process(job: _Job) -> dict:
-        """One image: read, upscale, write (atomically); its record for --json and the manifest."""
-        start = time.perf_counter()
-        if max_mp is None:  # no size limit asked for: only the header's bomb check (Pillow's limit)
-            arr, meta = read_image(job.src, limit_hint="; --max-megapixels MP allows larger images")
-        else:
-            arr, meta = read_image(job.src, max_pixels=max_mp * 1e6 / 16, limit_hint=(
-                f" (its x4 output would be above --max-megapixels {max_mp:g}; raise it to allow)"))
-        for note in meta.warnings:
-            (tqdm.write if folder else print)(f"{prog}: warning: {note}", file=sys.stderr)
-        big = arr.shape[0] * arr.shape[1] >= PATCH_PROGRESS_MIN_PIXELS
-        out, gmap = upscale(
-            arr,
-            sampler=sampler,
-            model=args.model,
-            quality=args.quality,
-            seed=args.seed,
-            device=device,
-            dtype=dtype,
-            max_batch_patches=args.max_batch_patches,
-            return_groups=True,
-            progress=big and not args.quiet and not folder,
-            max_output_megapixels=max_mp,
-            outscale=args.outscale,
-            width=args.width,
-            height=args.height,
-            memory_budget=args.max_memory,
-        )
-        write_image_array(out, job.dst, meta)
-        note = gmap.memory_note()
-        if note is not None:
-            (tqdm.write if folder else print)(f"{prog}: note: {job.src}: {note}", file=sys.stderr)
-        if gmap.fp32_evaluations:
-            (tqdm.write if folder else print)(
-                f"{prog}: warning: {job.src}: {gmap.fp32_evaluations} of {gmap.evaluations} DiT patch-evaluations "
-                "overflowed in half precision and were recomputed in float32", file=sys.stderr)
-        if job.groups is not None:
-            _groups_picture(out, gmap, job.groups)
-        return {
-            "input": str(job.src),
-            "output": str(job.dst),
-            "size": [int(arr.shape[1]), int(arr.shape[0])],
-            "output_size": [int(out.shape[1]), int(out.shape[0])],
-            "seconds": round(time.perf_counter() - start, 4),
-            "groups_picture": str(job.groups) if job.groups else None,
-            **gmap.summary(),
-        }
-
-    device = args.device
-    if not folder:
+    if out_folder is None:
+        bar = ImageBar(enabled=show)
         try:
-            records, failures = [process(jobs[0])], []
+            records, failures, skipped = [_process(args, opts, bar, jobs[0])], [], []
         except WeightsNotAvailableError as exc:
-            print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+            print(f"{PROG}: error: {cli_spelling(one_line(exc))}", file=sys.stderr)
             return 2
         except IMAGE_ERRORS as exc:
-            print(f"{prog}: error: {image_error(jobs[0].src, exc)}", file=sys.stderr)
-            return 2
-        skipped = []
-    else:
-        # Under torchrun every rank takes its share of the folder on its own device.
-        ctx = distributed.from_env(args.device)
-        if ctx is not None:
-            device = str(ctx.device)
-        try:
-            result = run_jobs(
-                jobs, process, ctx=ctx, overwrite=args.overwrite,
-                manifest=args.manifest or out_folder / MANIFEST_NAME, progress=not args.quiet,
-                on_error=lambda msg: tqdm.write(f"{prog}: error: {msg}", file=sys.stderr),
-                fatal=(WeightsNotAvailableError,), shard=args.shard,
-            )
-        except WeightsNotAvailableError as exc:  # no image can succeed: stop the run
-            print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+            print(f"{PROG}: error: {cli_spelling(image_error(jobs[0].src, exc))}", file=sys.stderr)
             return 2
         finally:
-            if ctx is not None:
-                ctx.close()
+            bar.close()
+    else:
+        try:
+            result, reports = _run_folder(args, opts, jobs, out_folder, show)
+        except WeightsNotAvailableError as exc:  # no image can succeed: stop the run
+            print(f"{PROG}: error: {cli_spelling(one_line(exc))}", file=sys.stderr)
+            return 2
         records, failures, skipped = result.records, result.failures, result.skipped
-        if ctx is not None and not ctx.is_main:
-            return 1 if failures else 0  # rank 0 reports for the whole job
-
+        if not reports:
+            return 1 if failures else 0  # every rank has the whole job's result; rank 0 reports it
     if args.json is not None:
-        report = {"images": records, "failures": [{"input": str(p), "error": e} for p, e in failures]}
-        text = json.dumps(report, indent=2)
-        if str(args.json) == "-":
-            print(text)
-        else:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            from patchscaler.image_files import atomic_write
-
-            with atomic_write(args.json) as tmp:  # never a half-written report
-                tmp.write_text(text + "\n")
-    if not folder and records and not args.quiet:
-        print(f"wrote {records[0]['output']}", file=sys.stderr)
+        _write_json(args.json, records, failures)
     if failures:
-        print(f"{prog}: {len(failures)} of {len(jobs)} images failed:", file=sys.stderr)
+        print(f"{PROG}: {len(failures)} of {len(jobs)} images failed:", file=sys.stderr)
         for _, msg in failures:
-            print(f"  {msg}", file=sys.stderr)
-        return 1
-    if folder and not args.quiet:
-        kept = f" ({len(skipped)} already there, kept; --overwrite redoes them)" if skipped else ""
-        print(f"wrote {len(records)} images to {out_folder}{kept}", file=sys.stderr)
-    return 0
+            print(f"  {cli_spelling(msg)}", file=sys.stderr)
+    if out_folder is None and not args.quiet:
+        print(f"wrote {records[0]['output']}", file=sys.stderr)
+    elif out_folder is not None and (failures or not args.quiet):
+        print(summary(len(records), len(skipped), len(failures), out_folder), file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ Scores are means of per-image values. NIQE needs ≥ 96×96 pixels; smaller imag
 get no NIQE and are left out of that mean. Non-finite means (PSNR of identical
 images is +inf) are written to JSON as null.
 
-Output JSON: ``{dataset: {method: {"psnr", "ssim", "niqe", "hf_ratio", "seconds",
+Output JSON: ``{dataset: {method: {"psnr", "ssim", "niqe" (standard), "niqe_project", "hf_ratio", "seconds",
 "images", ...method stats}}}``. A method may report extra per-image counters
 (e.g. DiT patch evaluations); they are summed over the dataset and stored
 under their own key.
@@ -67,7 +67,7 @@ from patchscaler.data.resize import bicubic_downscale, bicubic_upscale, quantize
 from patchscaler.metrics.confidence import patch_confidence_and_mse, spearman
 from patchscaler.metrics.hf_ratio import hf_ratio
 from patchscaler.metrics.niqe import BLOCK as NIQE_MIN_SIZE
-from patchscaler.metrics.niqe import niqe
+from patchscaler.metrics.niqe import niqe_scores
 from patchscaler.metrics.psnr import psnr_y
 from patchscaler.metrics.ssim import ssim_y
 from patchscaler.sampling.registry import DEFAULT_MODEL, EVAL_METHODS, MODEL_SETS, check_model
@@ -91,7 +91,9 @@ MethodFactory = Callable[[int, torch.device, str], Method]  # (scale, device, mo
 _METHODS: dict[str, MethodFactory] = {}
 
 # Metrics computed for every (image, method); seconds/images and method stats are added.
-METRICS = ("psnr", "ssim", "niqe", "hf_ratio")
+# niqe: standard NIQE (MATLAB's pristine parameters); niqe_project: the project's own pristine
+# fit, the NIQE of results before 2026-12-05, kept as a second column.
+METRICS = ("psnr", "ssim", "niqe", "niqe_project", "hf_ratio")
 
 
 class EvalError(Exception):
@@ -268,10 +270,12 @@ def _image_metrics(sr: Tensor, hr: Tensor | None, border: int, grey: bool = Fals
     (default HR; without HR, the bicubic upsampling of the input, made once per image).
     """
     h, w = sr.shape[-2] - 2 * border, sr.shape[-1] - 2 * border
+    nq = niqe_scores(sr, border) if min(h, w) >= NIQE_MIN_SIZE else {"matlab": math.nan, "project": math.nan}
     return {
         "psnr": psnr_y(sr, hr, border, grey) if hr is not None else math.nan,
         "ssim": ssim_y(sr, hr, border, grey) if hr is not None else math.nan,
-        "niqe": niqe(sr, border) if min(h, w) >= NIQE_MIN_SIZE else math.nan,
+        "niqe": nq["matlab"],
+        "niqe_project": nq["project"],
         "hf_ratio": hf_ratio(sr, hr if hf_reference is None else hf_reference, border),
     }
 
@@ -404,7 +408,7 @@ def _fmt(v: float, digits: int) -> str:
 
 def format_table(results: dict) -> str:
     """Human-readable table of `evaluate` results (plus total seconds per method)."""
-    head = f"{'dataset':<10} {'method':<10} {'PSNR':>7} {'SSIM':>7} {'NIQE':>7} {'HF':>6} {'seconds':>9} {'images':>6}"
+    head = f"{'dataset':<10} {'method':<10} {'PSNR':>7} {'SSIM':>7} {'NIQE':>7} {'NIQEown':>7} {'HF':>6} {'seconds':>9} {'images':>6}"
     lines = [head, "-" * len(head)]
     totals: dict[str, float] = {}
     for ds, per_method in results.items():
@@ -413,7 +417,7 @@ def format_table(results: dict) -> str:
                 continue
             lines.append(
                 f"{ds:<10} {m:<10} {_fmt(r['psnr'], 2):>7} {_fmt(r['ssim'], 4):>7} {_fmt(r['niqe'], 3):>7} "
-                f"{_fmt(r['hf_ratio'], 3):>6} {r['seconds']:>9.2f} {r['images']:>6}"
+                f"{_fmt(r.get('niqe_project'), 3):>7} {_fmt(r['hf_ratio'], 3):>6} {r['seconds']:>9.2f} {r['images']:>6}"
             )
             # Counters summed over images; the confidence check has its own line below the table.
             extra = {k: v for k, v in r.items() if k not in (*METRICS, "seconds", "images") and not k.startswith("confidence_")}

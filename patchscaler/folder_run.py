@@ -27,9 +27,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from patchscaler.distributed import Context, ProgressCounter, WorkQueue, gather, shard_by_cost
+if TYPE_CHECKING:
+    from patchscaler.distributed import Context
 
 __all__ = ["FolderResult", "pixel_cost", "run_jobs"]
 
@@ -104,6 +105,10 @@ def run_jobs(
     ``fatal`` exceptions propagate even when they are :data:`IMAGE_ERRORS` (e.g. missing weights).
     """
     from tqdm.auto import tqdm
+
+    # Here, not at the top: `distributed` imports torch, and the command imports this
+    # module before it parses its arguments (--help must not wait for torch).
+    from patchscaler.distributed import ProgressCounter, WorkQueue, gather, shard_by_cost
 
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
     costs = [pixel_cost(j.src) for j in jobs] if world > 1 else [1] * len(jobs)

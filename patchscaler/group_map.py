@@ -22,13 +22,14 @@ class GroupMap:
     Coordinates are latent pixels, which at ×s are LR pixels (one latent pixel = an
     s×s HR block). Patches are ``patch_size`` a side, top-left at ``origins``.
 
-    sampler: "pgs", "uniform" or "none".
+    sampler: the sampler's registered name ("pgs", "uniform", "ddim", ..., "none").
     scale: the upscaling factor s.
     patch_size: latent patch side (pixels).
     origins: ``[P, 2]`` int64 (y, x) of each patch in the (unpadded) image; patches of
         an image smaller than one patch start at 0 and reach past it.
     qmap: ``[P]`` float32 mean confidence of each patch.
-    group: ``[P]`` int64 index into ``group_names`` (−1 everywhere for "none").
+    group: ``[P]`` int64 index into ``group_names`` (−1 everywhere for "none"); a sampler
+        has as many groups as it names (PGS three, DDIM one).
     steps: ``[P]`` int64 denoising steps each patch received (0 for "none").
     confidence: ``[1, h, w]`` float32 GRM confidence in (0, 1) per LR pixel.
     group_pixels: ``[h, w]`` int64 group of the patch that weighs most at each LR

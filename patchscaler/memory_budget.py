@@ -13,7 +13,7 @@ stage's cost per unit of work in float32 (estimates, rounded up):
 
 The budget bounds what the pipeline asks for, not what the allocator keeps; on a CUDA
 out-of-memory error the samplers halve the DiT chunk and the GRM its tile, and retry
-that step only (`patchscaler.sampling.pgs`, `patchscaler.pipeline`).
+that step only (`patchscaler.sampling.engine`, `patchscaler.pipeline`).
 """
 
 from __future__ import annotations

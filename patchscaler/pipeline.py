@@ -10,8 +10,11 @@ Per batch of same-size images (`upscale_images` reads in this order):
 2. **Patches**: the latent is cut into overlapping ``patch_size`` patches
    (`patchscaler.patch_plan`); each patch's Qmap is its mean confidence (`patch_qmap`)
    and its noise seed comes from its (y, x) position (`derive_seeds`).
-3. **Sampler** (``"pgs"``/``"uniform"``): every patch of every pending image in one
-   ragged loop, returning a `PGSOutput` (x̂0, group, steps per patch). ``"none"`` keeps y0.
+3. **Sampler** (any registered one, `patchscaler.sampling.registry`): its policy groups
+   each image's patches from the image's whole Qmap (at the image's first band), then
+   every patch of every pending band runs in one ragged loop of the shared engine
+   (`patchscaler.sampling.engine`), returning a `SamplerOutput` (x̂0, group, steps per
+   patch). ``"none"`` keeps y0.
 4. **Blend** the patches back with the smooth window, **decode** with the codec
    (pixel shuffle), clamp to [0, 1]; a `GroupMap` per image says what happened.
 
@@ -33,11 +36,18 @@ same-size images in batches (`LR_PIXELS_PER_UNIT`), and its convs may round diff
 with the batch size (~1e-7): same-size images given together can differ in the last bit
 from the same images given alone. On a GPU, kernels chosen by shape may round differently.
 
-Sampler interface (`patchscaler.sampling.PGSSampler` / `UniformSampler`; tests pass
-their own)::
+Progress: ``progress=True`` shows tqdm bars; a callable gets ``progress(done, total, stage)``
+with stage "grm" (GRM tiles) and "dit" (patch-evaluations of the denoiser, whose total the
+sampler's plan gives before the first one runs).
+
+Sampler interface (`patchscaler.sampling.engine.Sampler`; tests pass their own)::
 
     sampler(y0_patches [P,C,ph,pw] float32, qmap [P] float32, seeds=[P] int64,
-            max_batch_patches=int, progress=callable(n_evaluations) | None) -> PGSOutput
+            max_batch_patches=int, progress=callable(n_evaluations) | None,
+            group=[P] int64) -> SamplerOutput
+
+with, optionally, ``name``, ``assign_groups(qmap [P] of one image) -> group [P]`` (then
+``group`` is passed) and ``planned_evaluations(group) -> int`` (then progress has a total).
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ from patchscaler.group_map import GROUP_NAMES, GroupMap, group_pixels
 from patchscaler.models.grm import check_tiling, load_grm, restore_tiled, tile_overlap
 from patchscaler.output_buffer import FloatOutput
 from patchscaler.patch_plan import PatchPlan, blend_window, plan_patches
-from patchscaler.sampling.pgs import PGSOutput, UniformSampler, derive_seeds, patch_qmap
+from patchscaler.sampling.engine import SamplerOutput, derive_seeds, patch_qmap
 from patchscaler.sampling.registry import DEFAULT_MODEL, DEFAULT_QUALITY, SAMPLERS, build_sampler, sampler_available
 
 __all__ = [
@@ -98,8 +108,9 @@ class _Unit:
     y0: Tensor | None = None  # [B,C,h,w] float32: the GRM's latent, from the first band to the last
     conf: Tensor | None = None  # [B,1,h,w] float32
     grm_tile_halved_to: int | None = None  # the GRM's tile after out-of-memory halvings
-    parts: list[PGSOutput] = field(default_factory=list)  # the sampler's output per band, [B·band patches]
-    qmaps: list[Tensor] = field(default_factory=list)  # per band [B, band patches]
+    parts: list[SamplerOutput] = field(default_factory=list)  # the sampler's output per band, [B·band patches]
+    qmaps: list[Tensor] = field(default_factory=list)  # per band [B·band patches] float32, on the device
+    group: Tensor | None = None  # [B, P] int64: the sampler's groups, planned per whole image
 
 
 @dataclass
@@ -108,11 +119,13 @@ class _Job:
 
     unit: _Unit
     band: Band
+    index: int = 0  # of the band in unit.bands
     y0: Tensor | None = None  # [B,C,rows,w] float32, the band's latent rows (a view of the unit's)
     patches: Tensor | None = None  # [B·Pb,C,ph,pw]
     seeds: Tensor | None = None  # [B·Pb] int64
     qmap: Tensor | None = None  # [B·Pb] float32
-    sampled: PGSOutput | None = None
+    group: Tensor | None = None  # [B·Pb] int64, when the sampler plans whole images
+    sampled: SamplerOutput | None = None
 
 
 class PatchScalerPipeline:
@@ -122,7 +135,8 @@ class PatchScalerPipeline:
     Args:
         grm: the GRM module (``lr [B,3,h,w]`` → ``(y0, confidence)``); default: model set
             ``model``'s, loaded once per (file, device, dtype).
-        sampler: "pgs", "uniform", "none" (`patchscaler.sampling.registry`), or a sampler object.
+        sampler: a registered name ("pgs", "uniform", "ddim", "none", ...;
+            `patchscaler.sampling.registry`), or a sampler object.
         model: the model set whose weights a GRM or sampler given by name comes from.
         codec: latent codec with ``decode``; default `PixelUnshuffleCodec(scale)`.
         scale: upscaling factor (the GRM's).
@@ -136,7 +150,7 @@ class PatchScalerPipeline:
         max_lr_pixels_per_run: at most this many LR pixels go through one sampler run:
             large images are cut into bands of patch rows (at least one patch row per
             band), small ones share a run.
-        quality: PGS preset for a sampler given by name: "fast", "balanced" (default) or "detail".
+        quality: preset for a sampler given by name: "fast", "balanced" (default) or "detail".
     """
 
     def __init__(
@@ -179,9 +193,7 @@ class PatchScalerPipeline:
             self.sampler_name = (sampler or "none").lower()
             self.sampler = build_sampler(self.sampler_name, self.model, self.device, self.dtype, quality)
         else:
-            self.sampler_name = getattr(sampler, "name", None) or (
-                "uniform" if isinstance(sampler, UniformSampler) else "pgs"
-            )
+            self.sampler_name = getattr(sampler, "name", None) or type(sampler).__name__
             self.sampler = sampler
         self.window = blend_window(self.patch_size, self.patch_overlap, device=self.device)
 
@@ -193,18 +205,19 @@ class PatchScalerPipeline:
         )
 
     @torch.no_grad()
-    def restore(self, lr: Tensor, progress: bool = False, on_halve: Callable[[int], None] | None = None
-                ) -> tuple[Tensor, Tensor]:
+    def restore(self, lr: Tensor, progress: bool = False, on_halve: Callable[[int], None] | None = None,
+                on_tile: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor]:
         """GRM on ``lr [B,3,h,w]`` float [0,1] → ``(y0 [B,C,h,w], conf [B,1,h,w])`` float32.
 
         On out-of-memory the tile side halves and this image's GRM runs again (down to
         the smallest tile `check_tiling` allows, then the error); ``on_halve(tile)`` is told.
+        ``on_tile(done, total)``: tiles done so far (`restore_tiled`).
         """
         lr = lr.to(device=self.device, dtype=self.dtype)
         tile = self.grm_tile
         while True:
             try:
-                return restore_tiled(self.grm, lr, tile, self.grm_context, progress)
+                return restore_tiled(self.grm, lr, tile, self.grm_context, progress, on_tile=on_tile)
             except torch.OutOfMemoryError:
                 smaller = min(tile, max(lr.shape[-2:])) // 2
                 if smaller <= tile_overlap(self.grm_context):  # the smallest tile check_tiling allows
@@ -225,7 +238,7 @@ class PatchScalerPipeline:
         *,
         seed: int = 0,
         max_batch_patches: int | None = None,
-        progress: bool = False,
+        progress: bool | Callable[[int, int, str], None] = False,
         outputs: Sequence[Any] | None = None,
     ) -> list[tuple[Any, GroupMap]]:
         """Upscale a list of ``[3, h, w]`` (or a ``[B, 3, h, w]`` batch) float images in [0, 1].
@@ -234,17 +247,19 @@ class PatchScalerPipeline:
         ``outputs[i]`` when given (an object with ``write(top, rows [3, r, s·w])``, e.g.
         `patchscaler.output_buffer.ArrayOutput`, filled band by band), else a
         ``[3, s·h, s·w]`` float32 tensor in [0, 1] on the pipeline's device.
+        ``progress``: True for tqdm bars, or ``progress(done, total, stage)`` (module docstring).
         """
         if outputs is not None and len(outputs) != len(images):
             raise ValueError(f"need one output per image ({len(images)}), got {len(outputs)}")
         results: list[tuple[Any, GroupMap] | None] = [None] * len(images)
-        bar = self._progress_bar() if progress and self.sampler is not None else None
+        bar = self._progress_bar() if progress is True and self.sampler is not None else None
+        tracker = _Progress(progress if callable(progress) else None, bar)
         try:
             for run in self._runs(self._units(images, outputs)):
                 for job in run:  # 1. GRM, 2. patches (of one band)
-                    self._restore_band(job, seed, progress)
+                    self._restore_band(job, seed, progress is True, tracker)
                 if self.sampler is not None:  # 3. sampler
-                    self._sample(run, max_batch_patches, bar)
+                    self._sample(run, max_batch_patches, tracker)
                 for job in run:  # 4. blend, decode into the outputs
                     self._write_band(job)
                     if job.band is job.unit.bands[-1]:
@@ -292,69 +307,86 @@ class PatchScalerPipeline:
         pixels = 0
         for unit in units:
             B, _, _, w = unit.lr.shape
-            for band in unit.bands:
+            for index, band in enumerate(unit.bands):
                 n = B * (band.latent_rows[1] - band.latent_rows[0]) * w
                 if not runs or pixels + n > self.max_lr_pixels_per_run:
                     runs.append([])
                     pixels = 0
-                runs[-1].append(_Job(unit, band))
+                runs[-1].append(_Job(unit, band, index))
                 pixels += n
         return runs
 
-    def _restore_band(self, job: _Job, seed: int, progress: bool) -> None:
-        """The band's latent rows, patches, seeds and Qmap. The GRM runs on the whole image
-        (tiled) at the unit's first band: a conv over a strip of rows is not bit-identical
-        to the same rows of the whole-image conv (oneDNN picks its algorithm by shape), and
-        its output, at LR size, is a sixteenth of the ×4 image's pixels."""
+    def _restore_band(self, job: _Job, seed: int, progress: bool, tracker: "_Progress") -> None:
+        """The band's latent rows, patches, seeds, Qmap and groups. The GRM runs on the whole
+        image (tiled) at the unit's first band: a conv over a strip of rows is not
+        bit-identical to the same rows of the whole-image conv (oneDNN picks its algorithm by
+        shape), and its output, at LR size, is a sixteenth of the ×4 image's pixels."""
         unit, (top, bottom) = job.unit, job.band.latent_rows
         if unit.y0 is None:
             unit.y0, unit.conf = self.restore(unit.lr, progress=progress,
-                                              on_halve=lambda tile: setattr(unit, "grm_tile_halved_to", tile))
+                                              on_halve=lambda tile: setattr(unit, "grm_tile_halved_to", tile),
+                                              on_tile=tracker.grm_tiles)
+            tracker.grm_unit_done()
+            self._plan_unit(unit, tracker)
         job.y0 = unit.y0[:, :, top:bottom]
-        conf = unit.conf[:, :, top:bottom]
-        plan = unit.plan
-        sub = replace(plan, height=bottom - top, ys=tuple(plan.ys[i] - top for i in job.band.patch_rows))
+        sub = self._band_plan(unit, job.band)
         B = job.y0.shape[0]
         # Keys (y, x) only: a patch's noise must not depend on its image's batch slot or band.
         origins = sub.origins() + torch.tensor([top, 0])
         job.seeds = derive_seeds(seed, origins).repeat(B)
-        job.qmap = patch_qmap(sub.split(conf.contiguous()))
+        job.qmap = unit.qmaps[job.index]
+        if unit.group is not None:
+            nx = len(unit.plan.xs)
+            rows = job.band.patch_rows
+            job.group = unit.group[:, rows.start * nx : rows.stop * nx].reshape(-1)
         if self.sampler is not None:
             job.patches = sub.split(job.y0.contiguous())
-        unit.qmaps.append(job.qmap.cpu().view(B, -1))
+
+    @staticmethod
+    def _band_plan(unit: _Unit, band: Band) -> PatchPlan:
+        """The unit's plan cut to ``band``'s patch rows, in the band's latent rows."""
+        top, bottom = band.latent_rows
+        plan = unit.plan
+        return replace(plan, height=bottom - top, ys=tuple(plan.ys[i] - top for i in band.patch_rows))
+
+    def _plan_unit(self, unit: _Unit, tracker: "_Progress") -> None:
+        """Every band's Qmap, and the sampler's groups for each whole image: a policy that
+        caps a group's share of an image must see all of its patches, not a band's."""
+        B = unit.lr.shape[0]
+        for band in unit.bands:
+            top, bottom = band.latent_rows
+            conf = unit.conf[:, :, top:bottom]
+            unit.qmaps.append(patch_qmap(self._band_plan(unit, band).split(conf.contiguous())))
+        assign = getattr(self.sampler, "assign_groups", None)
+        if assign is None:
+            return
+        qmap = torch.cat([q.view(B, -1) for q in unit.qmaps], dim=1)  # [B, P], the plan's row-major order
+        unit.group = torch.stack([assign(q) for q in qmap])
+        planned = getattr(self.sampler, "planned_evaluations", None)
+        if planned is not None:
+            tracker.plan_dit(planned(unit.group.reshape(-1)))
 
     def _progress_bar(self):
         from tqdm.auto import tqdm
 
         return tqdm(desc=f"{self.sampler_name} denoising", unit="patch-step", leave=False)
 
-    def _sample(self, run: list[_Job], max_batch_patches: int | None, bar) -> None:
+    def _sample(self, run: list[_Job], max_batch_patches: int | None, tracker: "_Progress") -> None:
         """Denoise the patches of every band of ``run`` in one sampler call."""
-        planned = self._planned_evaluations(torch.cat([j.qmap for j in run])) if bar is not None else None
-        if bar is not None and planned is not None:
-            bar.total = (bar.total or 0) + planned
-            bar.refresh()
+        groups = {"group": torch.cat([j.group for j in run])} if all(j.group is not None for j in run) else {}
         res = self.sampler(
             torch.cat([j.patches for j in run]).float(),
             torch.cat([j.qmap for j in run]).float(),
             seeds=torch.cat([j.seeds for j in run]),
             max_batch_patches=max_batch_patches or DEFAULT_MAX_BATCH_PATCHES,
-            progress=bar.update if bar is not None else None,
+            progress=tracker.dit if tracker.active else None,
+            **groups,
         )
         start = 0
         for job in run:
             job.sampled = res.part(start, start + job.qmap.shape[0])
             start += job.qmap.shape[0]
             job.patches = None
-
-    def _planned_evaluations(self, qmap: Tensor) -> int | None:
-        """Σ steps the sampler will take, when it exposes its grouping (for the progress bar)."""
-        assign = getattr(self.sampler, "assign_groups", None)
-        config = getattr(self.sampler, "config", None)
-        if assign is None or config is None or not hasattr(config, "groups"):
-            return None
-        n = torch.tensor([steps for _, steps in config.groups])
-        return int(n[assign(qmap).cpu()].sum())
 
     def _write_band(self, job: _Job) -> None:
         """Blend the band's final rows (the GRM latent for "none"), decode, write to the outputs."""
@@ -375,7 +407,7 @@ class PatchScalerPipeline:
         """Package the unit's images: its outputs and a GroupMap each."""
         B, _, h, w = unit.lr.shape
         plan, n = unit.plan, unit.plan.num_patches
-        qmap = torch.cat(unit.qmaps, dim=1)  # [B, P], bands side by side = the plan's row-major order
+        qmap = torch.cat([q.cpu().view(B, -1) for q in unit.qmaps], dim=1)  # [B, P], the plan's row-major order
         if unit.parts:
             def per_image(field_of) -> Tensor:
                 return torch.cat([field_of(p).cpu().view(B, -1) for p in unit.parts], dim=1)
@@ -384,11 +416,12 @@ class PatchScalerPipeline:
             fp32 = per_image(lambda p: p.fp32_steps if p.fp32_steps is not None else torch.zeros_like(p.steps))
             halved = [p.batch_halved_to for p in unit.parts if p.batch_halved_to is not None]
             gpx = group_pixels(plan, group.reshape(-1).to(self.device), self.window)
+            names = getattr(unit.parts[0], "group_names", None) or GROUP_NAMES
         else:
             group = torch.full((B, n), -1, dtype=torch.long)
             steps = fp32 = torch.zeros(B, n, dtype=torch.long)
             gpx = torch.full((B, h, w), -1, dtype=torch.long)
-            halved = []
+            halved, names = [], GROUP_NAMES
         origins = plan.origins()
         results = []
         for i in range(B):
@@ -402,6 +435,7 @@ class PatchScalerPipeline:
                 steps=steps[i],
                 confidence=unit.conf[i].float().cpu(),
                 group_pixels=gpx[i],
+                group_names=tuple(names),
                 fp32_evaluations=int(fp32[i].sum()),
                 dit_batch_halved_to=min(halved) if halved else None,
                 grm_tile_halved_to=unit.grm_tile_halved_to,
@@ -410,6 +444,51 @@ class PatchScalerPipeline:
             results.append((out.tensor if isinstance(out, FloatOutput) else out, gmap))
         unit.lr = unit.y0 = unit.conf = None  # type: ignore[assignment]
         return results
+
+
+class _Progress:
+    """One call's progress: GRM tiles and DiT patch-evaluations, told to a
+    ``report(done, total, stage)`` callable and/or the tqdm bar of ``progress=True``.
+    Counts only grow (a GRM retried on smaller tiles after out-of-memory starts over)."""
+
+    def __init__(self, report: Callable[[int, int, str], None] | None, bar: Any):
+        self.report, self.bar = report, bar
+        self.done = {"grm": 0, "dit": 0}
+        self.total = {"grm": 0, "dit": 0}
+        self._grm_base = 0  # tiles of the units already restored
+
+    @property
+    def active(self) -> bool:
+        return self.report is not None or self.bar is not None
+
+    def _emit(self, stage: str) -> None:
+        if self.report is not None:
+            # A sampler that cannot plan its work has no total: it is what is done so far.
+            self.report(self.done[stage], max(self.total[stage], self.done[stage]), stage)
+
+    def plan_dit(self, evaluations: int) -> None:
+        """A unit's images were planned: ``evaluations`` more to come."""
+        self.total["dit"] += evaluations
+        if self.bar is not None:
+            self.bar.total = self.total["dit"]
+            self.bar.refresh()
+        self._emit("dit")
+
+    def dit(self, evaluations: int) -> None:
+        """A denoiser call ran ``evaluations`` patch-evaluations."""
+        self.done["dit"] += evaluations
+        if self.bar is not None:
+            self.bar.update(evaluations)
+        self._emit("dit")
+
+    def grm_tiles(self, done: int, total: int) -> None:
+        """The current unit's GRM has run ``done`` of its ``total`` tiles."""
+        self.done["grm"] = max(self.done["grm"], self._grm_base + done)
+        self.total["grm"] = max(self.total["grm"], self._grm_base + total)
+        self._emit("grm")
+
+    def grm_unit_done(self) -> None:
+        self._grm_base = self.total["grm"]
 
 
 def _on(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:

@@ -52,14 +52,15 @@ from patchscaler.data.degradations import degrade_image  # noqa: E402
 from patchscaler.data.images import load_image  # noqa: E402
 from patchscaler.data.resize import bicubic_upscale  # noqa: E402
 from patchscaler.metrics.hf_ratio import hf_ratio  # noqa: E402
-from patchscaler.metrics.niqe import niqe  # noqa: E402
+from patchscaler.metrics.niqe import niqe_scores  # noqa: E402
 from patchscaler.metrics.psnr import psnr_y  # noqa: E402
 from patchscaler.metrics.ssim import ssim_y  # noqa: E402
 
 SCALE, BORDER = 4, 4
 DATA = REPO.parent / "shared" / "data"
-DATASETS = {"RealSRSet": DATA / "realworld" / "RealSRSet", "B100": DATA / "benchmark" / "B100" / "HR"}
-METHODS = ("realesrgan", "grm", "pgs", "bicubic")
+DATASETS = {"RealSRSet": DATA / "realworld" / "RealSRSet", "B100": DATA / "benchmark" / "B100" / "HR",
+            "Set14": DATA / "benchmark" / "Set14" / "HR"}
+METHODS = ("realesrgan", "grm", "pgs", "bicubic")  # grm and pgs take a model set: grm:real, pgs:bicubic
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 LABELS = {
     "realesrgan": "Real-ESRGAN x4plus (ncnn, CPU)",
@@ -67,6 +68,12 @@ LABELS = {
     "pgs": "PatchScaler PGS (`sampler=\"pgs\"`)",
     "bicubic": "bicubic",
 }
+
+
+def label(method: str) -> str:
+    """Table label of ``grm``, ``grm:real``, ...: the set is named where the method names one."""
+    name, _, model = method.partition(":")
+    return LABELS[name] + (f", `{model}` set" if model else "")
 
 
 def cpu_model() -> str:
@@ -94,24 +101,26 @@ def upscale_model_kw(model: str | None) -> tuple[dict, str]:
 
 def make_methods(names: list[str], threads: int, tile: int, overlap: int, model_kw: dict) -> dict:
     methods = {}
-    for name in names:
+    for method in names:
+        name, _, model = method.partition(":")
+        kw = {"model": model} if model else model_kw
         if name == "realesrgan":
             from patchscaler.train.teacher import RealESRGAN
 
             net = RealESRGAN(threads=threads, tile=tile, overlap=overlap)
-            methods[name] = lambda lr, net=net: (net(lr), {})
+            methods[method] = lambda lr, net=net: (net(lr), {})
         elif name in ("grm", "pgs"):
             sampler = "none" if name == "grm" else "pgs"
 
-            def run(lr, sampler=sampler):
-                hr, groups = patchscaler.upscale(lr, sampler=sampler, seed=0, device="cpu", return_groups=True, **model_kw)
+            def run(lr, sampler=sampler, kw=kw):
+                hr, groups = patchscaler.upscale(lr, sampler=sampler, seed=0, device="cpu", return_groups=True, **kw)
                 return hr, ({"dit_evaluations": int(groups.evaluations)} if sampler == "pgs" else {})
 
-            methods[name] = run
+            methods[method] = run
         elif name == "bicubic":
-            methods[name] = lambda lr: (bicubic_upscale(lr[None], SCALE)[0], {})
+            methods[method] = lambda lr: (bicubic_upscale(lr[None], SCALE)[0], {})
         else:
-            raise SystemExit(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+            raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)} (grm/pgs may name a set: grm:real)")
     return methods
 
 
@@ -135,15 +144,12 @@ def metrics(sr: torch.Tensor, hr: torch.Tensor | None, lr: torch.Tensor) -> dict
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        nq = niqe_scores(sr, BORDER)  # standard NIQE, and the project's own pristine fit
+        nq = {"niqe": nq["matlab"], "niqe_project": nq["project"]}
         if hr is None:
             ref = bicubic_upscale(lr[None], SCALE)[0].clamp(0, 1)
-            return {"niqe": niqe(sr, BORDER), "hf_ratio": hf_ratio(sr, ref, BORDER)}
-        return {
-            "psnr": psnr_y(sr, hr, BORDER),
-            "ssim": ssim_y(sr, hr, BORDER),
-            "niqe": niqe(sr, BORDER),
-            "hf_ratio": hf_ratio(sr, hr, BORDER),
-        }
+            return nq | {"hf_ratio": hf_ratio(sr, ref, BORDER)}
+        return {"psnr": psnr_y(sr, hr, BORDER), "ssim": ssim_y(sr, hr, BORDER)} | nq | {"hf_ratio": hf_ratio(sr, hr, BORDER)}
     finally:
         torch.set_num_threads(n)
 
@@ -178,10 +184,11 @@ def markdown(report: dict) -> str:
         f"- command: `{h['command']}`",
         f"- date: {h['date']}; machine: {h['cpu']} ({h['cores']} cores), {h['threads']} thread{'s' if h['threads'] > 1 else ''} for every method "
         f"(torch and ncnn); load average at start {h['loadavg']} (a training job shared the cores)",
-        f"- PatchScaler: {h['patchscaler_model']}, seed 0, quality \"balanced\"; Real-ESRGAN: {h['realesrgan']}",
+        f"- PatchScaler: {h['patchscaler_model']} where a method names no set, seed 0, quality \"balanced\"; "
+        f"weights root {h.get('weights', 'the package')}; Real-ESRGAN: {h['realesrgan']}",
         "- seconds: wall time of the method call per image (after one untimed warm-up per method); "
-        "metrics with a 4-px border crop; NIQE with this project's pristine model (lower is better, "
-        "comparable only within this project)",
+        "metrics with a 4-px border crop; NIQE = standard NIQE (MATLAB's pristine parameters; lower is better), "
+        "NIQE own = with this project's pristine fit (the NIQE of reports before 2026-12-05)",
         "",
     ]
     for ds, body in report["datasets"].items():
@@ -191,29 +198,31 @@ def markdown(report: dict) -> str:
                       "HF = high-frequency energy of SR over that of the bicubic ×4 upsampling of the input "
                       "(bicubic leaves almost none above half Nyquist, so the ratios are large and the mean is "
                       "led by a few images; the median is steadier).", "",
-                      "| method | NIQE | HF vs bicubic, mean / median | s / image |", "|---|---|---|---|"]
+                      "| method | NIQE | NIQE own | HF vs bicubic, mean / median | s / image |", "|---|---|---|---|---|"]
             for m, r in s.items():
-                lines.append(f"| {LABELS[m]} | {_f(r.get('niqe'), 3)} | {_f(r.get('hf_ratio'), 1)} / "
+                lines.append(f"| {label(m)} | {_f(r.get('niqe'), 3)} | {_f(r.get('niqe_project'), 3)} | {_f(r.get('hf_ratio'), 1)} / "
                              f"{_f(r.get('hf_ratio_median'), 1)} | {_f(r.get('seconds'), 2)} |")
         else:
             lines += [f"## {ds}, seeded real degradation ({body['images']} of {body['available']} images)", "",
                       "LR = `degrade_image(hr, name)` (as `python -m patchscaler.eval --degradation real`); "
                       "PSNR/SSIM on Y; HF = SR/HR.", "",
-                      "| method | PSNR | SSIM | NIQE | HF | s / image |", "|---|---|---|---|---|---|"]
+                      "| method | PSNR | SSIM | NIQE | NIQE own | HF | s / image |", "|---|---|---|---|---|---|---|"]
             for m, r in s.items():
-                lines.append(f"| {LABELS[m]} | {_f(r.get('psnr'), 2)} | {_f(r.get('ssim'), 4)} | {_f(r.get('niqe'), 3)} "
+                lines.append(f"| {label(m)} | {_f(r.get('psnr'), 2)} | {_f(r.get('ssim'), 4)} | {_f(r.get('niqe'), 3)} "
+                             f"| {_f(r.get('niqe_project'), 3)} "
                              f"| {_f(r.get('hf_ratio'), 3)} | {_f(r.get('seconds'), 2)} |")
-        evals = s.get("pgs", {}).get("dit_evaluations")
-        if evals is not None:
-            lines += ["", f"PGS: {evals:.0f} DiT patch-evaluations per image on average."]
+        for m, r in s.items():
+            if r.get("dit_evaluations") is not None:
+                lines += ["", f"{label(m)}: {r['dit_evaluations']:.0f} DiT patch-evaluations per image on average."]
         lines += ["", "Images: " + ", ".join(body["files"]), ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", default="RealSRSet,B100", help="comma list of RealSRSet, B100")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--datasets", default="RealSRSet,B100", help="comma list of RealSRSet, B100, Set14")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma list of {', '.join(METHODS)}; grm and pgs may name a model set (grm:real,pgs:bicubic)")
     p.add_argument("--limit", type=int, default=None, help="first N images (sorted by name) of every dataset")
     p.add_argument("--limit-realworld", type=int, default=None, help="overrides --limit for RealSRSet")
     p.add_argument("--limit-b100", type=int, default=None, help="overrides --limit for B100")
@@ -240,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [m for m in a.methods.split(",") if m]
     model_kw, model_desc = upscale_model_kw(a.model)
     methods = make_methods(names, a.threads, a.tile, a.overlap, model_kw)
-    limits = {"RealSRSet": a.limit_realworld or a.limit, "B100": a.limit_b100 or a.limit}
+    limits = {"RealSRSet": a.limit_realworld or a.limit, "B100": a.limit_b100 or a.limit, "Set14": a.limit}
     datasets = [d for d in a.datasets.split(",") if d]
     for d in datasets:
         if d not in DATASETS:
@@ -268,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "patchscaler_model": model_desc,
             "realesrgan": f"tile {a.tile}, overlap {a.overlap}",
+            "weights": os.environ.get("PATCHSCALER_WEIGHTS", "the package's own"),
             "subset": subset,
         },
         "datasets": {},

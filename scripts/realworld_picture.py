@@ -39,16 +39,18 @@ from patchscaler.data.images import load_image  # noqa: E402
 
 REALSRSET = REPO.parent / "shared" / "data" / "realworld" / "RealSRSet"
 DEFAULT_OUTPUT = REPO / "docs" / "realworld" / "realsrset_compare.png"
-# Zoomed regions in pixels of the ×4 output: (left, top, width, height).
+# Zoomed regions in pixels of the ×4 output: (left, top, width, height); one zoom row each.
 REGIONS = {
-    "Lincoln.png": (220, 170, 160, 160),  # eyes and nose
-    "chip.png": (120, 150, 160, 160),     # printed lettering
+    "Lincoln.png": [(220, 170, 160, 160)],  # eyes and nose
+    "chip.png": [(120, 150, 160, 160)],     # printed lettering
 }
+DANDELION_REGIONS = [(192, 192, 128, 128),  # seed tips against the meadow: edges and noise
+                     (40, 250, 128, 128)]   # inside the seed head: fine texture or wax
 PANEL = 320        # side of the whole-image panels
 LABEL_HEIGHT = 22  # as patchscaler.examples.compare
 GAP = 4
 BG = (24, 24, 24)
-OUTLINE = (240, 228, 66)
+OUTLINES = [(240, 228, 66), (86, 180, 233)]  # one colour per region (Okabe-Ito yellow, sky blue)
 
 
 def _to_pil(img: torch.Tensor) -> Image.Image:
@@ -63,11 +65,11 @@ def _labelled(pic: Image.Image, label: str) -> Image.Image:
     return out
 
 
-def _whole(img: Image.Image, region: tuple[int, int, int, int], label: str) -> Image.Image:
+def _whole(img: Image.Image, regions: list[tuple[int, int, int, int]], label: str) -> Image.Image:
     f = PANEL / max(img.size)
     pic = img.resize((round(img.width * f), round(img.height * f)), Image.LANCZOS)
-    left, top, w, h = region
-    ImageDraw.Draw(pic).rectangle([left * f, top * f, (left + w) * f - 1, (top + h) * f - 1], outline=OUTLINE, width=2)
+    for (left, top, w, h), colour in zip(regions, OUTLINES):
+        ImageDraw.Draw(pic).rectangle([left * f, top * f, (left + w) * f - 1, (top + h) * f - 1], outline=colour, width=2)
     return _labelled(pic, label)
 
 
@@ -117,10 +119,10 @@ def picture(names: list[str], output: Path, models: list[str], threads: int, zoo
         lr, hr = dandelions_input(dandelions_seed)
         jobs = [(f"dandelions (CC0), real degr. seed {dandelions_seed}", lr, hr)]
     for name, lr, hr in jobs:
-        region = REGIONS.get(name)
-        if region is None:  # default: the centre quarter of the output
+        regions = DANDELION_REGIONS if hr is not None else REGIONS.get(name)
+        if regions is None:  # default: the centre quarter of the output
             h, w = 4 * lr.shape[-2], 4 * lr.shape[-1]
-            region = (w * 3 // 8, h * 3 // 8, w // 4, h // 4)
+            regions = [(w * 3 // 8, h * 3 // 8, w // 4, h // 4)]
         nearest = lr.repeat_interleave(4, dim=-2).repeat_interleave(4, dim=-1)
         with torch.inference_mode():
             esr = net(lr)
@@ -129,8 +131,11 @@ def picture(names: list[str], output: Path, models: list[str], threads: int, zoo
             (_to_pil(nearest), f"input {lr.shape[-1]}x{lr.shape[-2]}, nearest x4"),
             (_to_pil(esr), "Real-ESRGAN x4plus"),
         ] + [(_to_pil(sr), label) for sr, label in ours] + ([(_to_pil(hr), "HR (ground truth)")] if hr is not None else [])
-        rows.append(_row([_whole(im, region, label) for im, label in imgs]))
-        rows.append(_row([_zoom(im, region, zoom, f"zoom x{zoom}" if i else name) for i, (im, _) in enumerate(imgs)]))
+        rows.append(_row([_whole(im, regions, label) for im, label in imgs]))
+        for k, region in enumerate(regions):
+            colour = ("yellow", "blue")[k]
+            rows.append(_row([_zoom(im, region, zoom, f"{colour} box, zoom x{zoom}" if i else name)
+                              for i, (im, _) in enumerate(imgs)]))
         print(f"{name}: done", flush=True)
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows) + GAP * (len(rows) - 1)), BG)
     y = 0

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-import patchscaler  # noqa: F401  (registers torch.ops.patchscaler.*)
+import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
 from helpers import SHARED_DATA, write_model_set
 
 

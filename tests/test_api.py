@@ -293,10 +293,17 @@ def test_info_reports_build_and_shipped_weights(capsys):
     assert all(d["op_kernels"][op]["cpu"] for op in d["op_kernels"])
     assert set(d["weights"]["bicubic"]) == {"grm", "dit", "rtm", "pgs"}
     assert all(v.endswith("kB") for v in d["weights"]["bicubic"].values())  # everything ships
-    assert d["samplers"]["bicubic"] == ["pgs", "uniform", "none"] and d["default_model"] == "bicubic"
-    info.main()
+    # Every registered sampler runs with the shipped set (the list is the registry's, so a new
+    # sampler file does not edit this test).
+    from patchscaler.sampling.registry import SAMPLERS
+
+    assert d["samplers"]["bicubic"] == list(SAMPLERS) and d["default_model"] == "bicubic"
+    assert d["samplers"]["bicubic"][:3] == ["pgs", "uniform", "none"]
+    info.main([])
     out = capsys.readouterr().out
-    assert "weights (shipped):" in out and "bicubic  (samplers: pgs, uniform, none)" in out
+    assert "weights (shipped):" in out and f"  bicubic   {', '.join(SAMPLERS)}" in out
+    # The torch-free part comes first: the weights before the torch version.
+    assert out.index("weights (shipped):") < out.index("\ntorch ")
 
 
 # ------------------------------------------------------------------------ model sets
@@ -317,3 +324,32 @@ def test_model_sets_are_chosen_by_name_and_checked(fake_models):
 def test_a_missing_model_set_fails_with_what_there_is(fake_models):
     with pytest.raises(WeightsNotAvailableError, match=r"model set 'real' .*not in this install.*'bicubic'"):
         patchscaler.upscale(banded_image(4, 4), model="real", sampler="none")
+
+
+def test_a_set_names_its_own_default_sampler(weights_dir):
+    """A set whose set.json says default_sampler "none" upscales with its GRM alone, without the
+    fallback warning, even when it has the PGS weights; an absent manifest keeps the old rule."""
+    import json
+
+    from patchscaler.checkpoints import set_manifest
+
+    folder = write_model_set(weights_dir, "real", dit=True)
+    assert set_manifest("real") == {} and api.default_sampler("real") == "pgs"
+    (folder / "set.json").write_text(json.dumps({"description": "test", "degradation": "real", "default_sampler": "none"}))
+    assert set_manifest("real")["degradation"] == "real"
+    x = banded_image(5, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, gmap = patchscaler.upscale(x, model="real", return_groups=True)
+    assert not gmap.sampled
+    (folder / "set.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        set_manifest("real")
+
+
+def test_shipped_sets_describe_themselves():
+    from patchscaler.checkpoints import MODEL_SETS, PACKAGE_WEIGHTS, set_manifest
+
+    for name in MODEL_SETS:
+        m = set_manifest(name, PACKAGE_WEIGHTS)
+        assert m["degradation"] == name and m["description"] and m["default_sampler"] in ("none", "pgs")

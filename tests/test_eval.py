@@ -69,7 +69,7 @@ def test_cli_json_layout_save_and_limit(image_folder, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert list(res) == ["mini"] and list(res["mini"]) == ["bicubic"]
     r = res["mini"]["bicubic"]
-    assert set(r) == {"psnr", "ssim", "niqe", "hf_ratio", "seconds", "images"}
+    assert set(r) == {"psnr", "ssim", "niqe", "niqe_project", "hf_ratio", "seconds", "images"}
     assert r["images"] == 2
     assert 15 < r["psnr"] < 60 and 0 < r["ssim"] < 1 and 0 < r["hf_ratio"] < 1 and r["seconds"] >= 0
     assert r["niqe"] is not None  # both SR images are >= 96 px after the 4-px crop

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
-from patchscaler.cli import main, read_image_array, write_image_array
+from patchscaler.cli import main
 from patchscaler.image_files import ImageMeta, ImageTooLargeError, read_image, write_image
 
 try:  # the fixture lives in conftest.py once the weights refactor lands
@@ -59,7 +59,7 @@ def test_png16_round_trip_exact_every_colour_type(tmp_path, shape):
     b, meta2 = read_image(tmp_path / "t.png")
     assert b.dtype == np.uint16
     np.testing.assert_array_equal(b, a)
-    np.testing.assert_array_equal(read_image_array(tmp_path / "t.png"), a)
+    np.testing.assert_array_equal(read_image(tmp_path / "t.png")[0], a)
     assert meta2.text == meta.text and meta2.exif is not None
     assert (meta2.icc_profile == meta.icc_profile) == (len(shape) == 3 and shape[2] >= 3)  # grey: RGB profile dropped
     with Image.open(tmp_path / "t.png") as im:  # a PNG other readers understand
@@ -69,10 +69,10 @@ def test_png16_round_trip_exact_every_colour_type(tmp_path, shape):
 
 def test_png16_through_cli_writer_and_the_command(fake_models, tmp_path, capsys):
     a = (np.random.default_rng(1).random((4, 5, 3)) * 65535).astype(np.uint16)
-    write_image_array(a, tmp_path / "in.png")
+    write_image(a, tmp_path / "in.png")
     code, err = _run([tmp_path / "in.png", "-o", tmp_path / "out.png", "--outscale", "2"], capsys)
     assert code == 0, err
-    out = read_image_array(tmp_path / "out.png")
+    out = read_image(tmp_path / "out.png")[0]
     assert out.dtype == np.uint16 and out.shape == (8, 10, 3)
     assert len(np.unique(out)) > 80  # more levels than 8 bits would keep in a 240-value image
 

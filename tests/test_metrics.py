@@ -293,3 +293,25 @@ def test_confidence_error_spearman_perfect_ranking():
     rho, n = confidence_error_spearman([1 - scale, 1 - scale[:1]], [y0, y0[:1]], [x0, x0[:1]])
     assert n == 12 + 6
     assert rho < -0.9
+
+
+def test_standard_niqe_matches_matlab_on_baboon(shared_data):
+    """Standard NIQE (the authors' pristine parameters): MATLAB R2021a's niqe(baboon) is 5.7296."""
+    img = load_image(os.path.join(shared_data, "benchmark", "Set14", "HR", "baboon.png"))
+    assert niqe(img) == pytest.approx(5.7296, abs=0.01)
+    scores = niqe_module.niqe_scores(img)
+    assert scores["matlab"] == niqe(img)
+    # The project's own pristine fit is a different model: it must not pass for the standard one.
+    assert abs(scores["project"] - 5.7296) > 0.1
+    assert scores["project"] == niqe(img, pristine="project")
+
+
+def test_standard_pristine_model_is_shipped_with_its_licence():
+    from safetensors.torch import load_file
+
+    path = niqe_module.PRISTINE_MODELS["matlab"]
+    t = load_file(str(path))
+    assert t["mu"].shape == (36,) and t["cov"].shape == (36, 36) and t["mu"].dtype == torch.float64
+    torch.testing.assert_close(t["cov"], t["cov"].T)
+    assert "Apache" in niqe_module.pristine_model_info(path)["licence"]
+    assert "Apache License" in path.with_name("LICENSE-niqe-matlab-params.txt").read_text()

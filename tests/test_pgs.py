@@ -10,6 +10,7 @@ import torch
 
 from patchscaler.diffusion.schedule import ddim_step_pairs, make_alphas_cumprod
 from patchscaler.sampling.pgs import (
+    PRESET_MAX_SHARE,
     PGSConfig,
     PGSSampler,
     UniformSampler,
@@ -261,12 +262,14 @@ def test_calibration_chooses_within_the_evaluation_budget():
     assert choose_groups([simple, medium, hard], sizes, budget=0.05, tolerance=0.0) is None
 
 
-def test_quality_presets_move_the_thresholds_only():
+def test_quality_presets_move_the_thresholds_and_caps_only():
     cfg = PGSConfig(
         gammas=(0.5, 0.2), groups=((100, 1), (300, 3), (600, 12)),
         presets={"fast": {"gammas": [0.3, 0.1]}, "detail": {"gammas": [0.8, 0.4]}},
     )
-    assert cfg.preset("balanced") is cfg
+    balanced = cfg.preset("balanced")
+    assert balanced.gammas == cfg.gammas and balanced.groups == cfg.groups
+    assert balanced.max_share == PRESET_MAX_SHARE["balanced"] and cfg.max_share == (1.0, 1.0)
     fast, detail = cfg.preset("fast"), cfg.preset("detail")
     assert fast.gammas == (0.3, 0.1) and detail.gammas == (0.8, 0.4)
     assert fast.groups == detail.groups == cfg.groups
@@ -295,3 +298,29 @@ def test_the_schedule_is_the_denoisers_and_a_mismatch_is_an_error():
         PGSSampler(den, PGSConfig(schedule="linear"))
     with pytest.raises(ValueError, match="schedule of 2000 steps"):
         PGSSampler(den, PGSConfig(num_train_timesteps=2000))
+
+
+def test_caps_keep_the_lowest_confidence_patches_in_the_harder_group():
+    """Every patch below γ2: the cap keeps the lowest-confidence 25 % hard, the next 50 %
+    medium, the rest simple; with the thresholds' groups inside the caps nothing moves."""
+    q = torch.linspace(0, 0.3, 40)[torch.randperm(40, generator=torch.Generator().manual_seed(0))]
+    group = assign_groups(q, CONFIG.gammas, (0.25, 0.5))
+    assert torch.bincount(group, minlength=3).tolist() == [10, 20, 10]
+    assert group[torch.argsort(q)].tolist() == [2] * 10 + [1] * 20 + [0] * 10
+    assert assign_groups(q, CONFIG.gammas).eq(2).all()  # uncapped: all hard
+    mixed = torch.linspace(0, 1, 41)
+    assert torch.equal(assign_groups(mixed, CONFIG.gammas, (0.4, 0.4)), assign_groups(mixed, CONFIG.gammas))
+
+
+def test_shipped_presets_change_the_cost_when_every_patch_is_below_the_thresholds():
+    """Issue 21 item 5: on an image with low confidence everywhere (RealSRSet's frog) every
+    preset used to put every patch in the hard group, at the same cost."""
+    cfg = PGSConfig.load()
+    q = torch.zeros(400)
+    hard, work = {}, {}
+    for name in ("fast", "balanced", "detail"):
+        sampler = PGSSampler(OracleDenoiser(), cfg.preset(name))
+        group = sampler.assign_groups(q)
+        hard[name], work[name] = int(group.eq(2).sum()), sampler.planned_evaluations(group)
+    assert hard["fast"] < hard["balanced"] < hard["detail"] < 400
+    assert work["fast"] < work["balanced"] < work["detail"] < 400 * cfg.groups[2][1]

@@ -164,3 +164,36 @@ def test_bad_settings_are_rejected(grm):
         PatchScalerPipeline(grm=grm, patch_size=8, patch_overlap=8)
     with pytest.raises(ValueError, match=r"\[3, h, w\]"):
         PatchScalerPipeline(grm=grm).upscale_images([torch.rand(1, 4, 4)])
+
+
+def test_group_caps_hold_for_the_whole_image_when_it_streams_in_bands(grm):
+    """A cap is a share of the image's patches, lowest confidence first: the pipeline plans
+    groups on the whole image's Qmap, so bands sampled one call at a time get the same groups."""
+    from dataclasses import replace
+
+    from patchscaler.sampling import DiTDenoiser
+
+    from helpers import tiny_dit
+
+    sampler = PGSSampler(DiTDenoiser(tiny_dit()), replace(PGS_TEST_CONFIG, max_share=(0.2, 0.3)))
+    dark = banded_image(60, 20) * 0.3  # every patch below the hard threshold
+    [(ref, whole)] = PatchScalerPipeline(grm=grm, sampler=sampler).upscale_images([dark])
+    banded_pipe = PatchScalerPipeline(grm=grm, sampler=sampler, max_lr_pixels_per_run=20 * 16)
+    assert len(banded_pipe._units([dark], None)[0].bands) == 5
+    [(out, banded)] = banded_pipe.upscale_images([dark])
+    assert whole.group.numel() == 10  # 5 patch rows of 2
+    assert torch.bincount(whole.group, minlength=3).tolist() == [5, 3, 2]  # 0.3·10 medium, 0.2·10 hard
+    assert torch.equal(banded.group, whole.group) and torch.equal(out, ref)
+
+
+def test_presets_give_different_hard_counts_on_a_dark_image(fake_models):
+    """End to end through `upscale()`: the thresholds put every patch of a dark image in the
+    hard group under every preset; the caps make "fast" < "balanced" < "detail"."""
+    import patchscaler
+
+    dark = banded_image(64, 64) * 0.1
+    hard = {}
+    for quality in ("fast", "balanced", "detail"):
+        _, gmap = patchscaler.upscale(dark, sampler="pgs", quality=quality, return_groups=True)
+        hard[quality] = int(gmap.group.eq(2).sum())
+    assert hard["fast"] < hard["balanced"] < hard["detail"] < gmap.group.numel()

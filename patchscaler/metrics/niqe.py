@@ -27,19 +27,25 @@ The pristine model is fitted the same way on sharp blocks of high-quality photos
 only blocks whose mean σ (step 2, full resolution) exceeds 0.75 × the image's
 sharpest block are kept.
 
-**Our pristine model is not MATLAB's.** The published NIQE uses the authors'
-`modelparameters.mat` (125 pristine photos), which cannot be downloaded here, so
-`niqe_pristine.safetensors` (shipped in this folder, ~11 KB) is fitted on the
-project's HR training photos (../shared/data/train: BSDS500 train+test, T91, and the
+**Two pristine models ship in this folder.**
+
+* ``"matlab"`` (the default, *standard NIQE*): `niqe_matlab_pristine.safetensors`, the
+  authors' `modelparameters.mat` (125 pristine photos) that MATLAB's `niqe()` uses, as
+  the mmagic package ships it (`niqe_pris_params.npz`, Apache-2.0; licence in
+  `LICENSE-niqe-matlab-params.txt`). With it this module gives 5.7296 on Set14's baboon,
+  MATLAB R2021a's value (tested), so its numbers compare with published ones.
+* ``"project"``: `niqe_pristine.safetensors`, fitted on the project's HR training photos
+  before the standard one was available here, kept as a second column for continuity
+  with earlier results. It was fitted (../shared/data/train: BSDS500 train+test, T91, and the
 large photos downscaled so their longer side is ≤ 1024 px) with
 
     python -m patchscaler.metrics.niqe --fit ../shared/data/train \
         --out patchscaler/metrics/niqe_pristine.safetensors
 
-(529 images, 2273 sharp blocks; about 40 s on 2 CPU cores). Absolute values
-therefore differ from published NIQE numbers; only comparisons
-between methods measured with this module are meaningful. The exact fit command,
-image and block counts are stored in the file's metadata (`pristine_model_info()`).
+(529 images, 2273 sharp blocks; about 40 s on 2 CPU cores). Its absolute values differ
+from published NIQE numbers; only comparisons between methods measured with it are
+meaningful. The fit command, image and block counts are in the file's metadata
+(`pristine_model_info()`).
 
 Score images from the command line with `python -m patchscaler.metrics.niqe IMG...`.
 Images must be at least 96×96 pixels (one block); with a single block the image's
@@ -66,7 +72,11 @@ from patchscaler.metrics.ycbcr import y_channel
 BLOCK = 96
 SHARPNESS_THRESHOLD = 0.75
 NUM_FEATURES = 36
-PRISTINE_PATH = Path(__file__).with_name("niqe_pristine.safetensors")
+PRISTINE_MODELS = {
+    "matlab": Path(__file__).with_name("niqe_matlab_pristine.safetensors"),
+    "project": Path(__file__).with_name("niqe_pristine.safetensors"),
+}
+PRISTINE_PATH = PRISTINE_MODELS["project"]  # what --fit writes by default
 
 # MATLAB grid `gam = 0.2:0.001:10` for the AGGD shape search; r(γ) = Γ(2/γ)²/(Γ(1/γ)Γ(3/γ))
 # is strictly increasing on it, so the nearest grid value is found by binary search.
@@ -204,20 +214,39 @@ def pristine_model_info(path: str | os.PathLike = PRISTINE_PATH) -> dict[str, st
         return dict(f.metadata() or {})
 
 
+def _pristine_file(pristine: str | os.PathLike | None) -> str:
+    """A pristine model's file from its name (``"matlab"``, ``"project"``) or a path; None = ``"matlab"``."""
+    if pristine is None:
+        pristine = "matlab"
+    return str(PRISTINE_MODELS.get(pristine, pristine)) if isinstance(pristine, str) else os.fspath(pristine)
+
+
+def _distance(mu_d: torch.Tensor, cov_d: torch.Tensor, pristine: str | os.PathLike | None) -> float:
+    mu_p, cov_p = _load_pristine(_pristine_file(pristine))
+    diff = (mu_p - mu_d).view(-1, 1)
+    inv = torch.linalg.pinv((cov_p + cov_d) / 2)
+    return math.sqrt(max((diff.T @ inv @ diff).item(), 0.0))
+
+
+def niqe_scores(img: torch.Tensor, crop_border: int = 0, pristine=("matlab", "project")) -> dict[str, float]:
+    """NIQE of one image against several pristine models (the features are computed once):
+    ``{name: score}`` for each name or path in ``pristine``. See :func:`niqe`."""
+    y = _crop(y_channel(img), crop_border).round()
+    feats, _ = niqe_features(y)
+    mu_d, cov_d = _mvg(feats)
+    return {str(p): _distance(mu_d, cov_d, p) for p in pristine}
+
+
 def niqe(img: torch.Tensor, crop_border: int = 0, pristine: str | os.PathLike | None = None) -> float:
     """NIQE score of one image (lower = more natural); see the module docstring.
 
     img: [3,H,W] or [1,3,H,W] float RGB in [0, 1] (quantised to uint8 here) or uint8;
-    at least 96×96 after `crop_border`. `pristine`: a .safetensors file with `mu` [36]
-    and `cov` [36,36] (default: the model shipped with the package). Deterministic.
+    at least 96×96 after `crop_border`. `pristine`: ``"matlab"`` (default: standard NIQE,
+    the authors' parameters), ``"project"`` (this project's own fit) or a .safetensors
+    file with `mu` [36] and `cov` [36,36]. Deterministic.
     """
-    mu_p, cov_p = _load_pristine(str(pristine or PRISTINE_PATH))
-    y = _crop(y_channel(img), crop_border).round()
-    feats, _ = niqe_features(y)
-    mu_d, cov_d = _mvg(feats)
-    diff = (mu_p - mu_d).view(-1, 1)
-    inv = torch.linalg.pinv((cov_p + cov_d) / 2)
-    return math.sqrt(max((diff.T @ inv @ diff).item(), 0.0))
+    key = "matlab" if pristine is None else pristine
+    return niqe_scores(img, crop_border, (key,))[str(key)]
 
 
 def fit_pristine(paths: list[Path], max_side: int = 1024, log=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -263,7 +292,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit", nargs="+", metavar="DIR", help="folders of pristine HR photos to fit the model on")
     parser.add_argument("--out", default=str(PRISTINE_PATH), help="where --fit writes the model (.safetensors)")
     parser.add_argument("--max-side", type=int, default=1024, help="downscale larger fit images to this (px)")
-    parser.add_argument("--pristine", default=None, help="model to score with (default: the shipped one)")
+    parser.add_argument("--pristine", default=None, help="matlab (default, standard NIQE), project, or a .safetensors file")
     args = parser.parse_args(argv)
 
     from patchscaler.data.images import list_images, load_image

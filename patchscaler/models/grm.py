@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -209,7 +210,8 @@ def check_tiling(tile: int, context: int) -> None:
 
 @torch.no_grad()
 def restore_tiled(
-    grm: nn.Module, lr: Tensor, tile: int, context: int, progress: bool = False
+    grm: nn.Module, lr: Tensor, tile: int, context: int, progress: bool = False,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``grm`` on ``lr [B,3,h,w]`` → ``(y0 [B,C,h,w], conf [B,1,h,w])`` float32, at most
     ``tile²`` LR pixels per forward.
@@ -218,11 +220,18 @@ def restore_tiled(
     outer ``context`` band (where the tile's zero padding differs from the image's) except
     along the image border, and 1 elsewhere. With ``context`` ≥ the GRM's receptive radius
     the result equals the whole-image forward.
+
+    ``progress``: a tqdm bar over the forwards; ``on_tile(done, total)``: told the tiles
+    done (0 first, then after each forward; an image that needs no tiling is one tile).
     """
     check_tiling(tile, context)
     B, _, h, w = lr.shape
     if h <= tile and w <= tile:
+        if on_tile is not None:
+            on_tile(0, B)
         y0, conf = grm(lr)
+        if on_tile is not None:
+            on_tile(B, B)
         return y0.float(), conf.float()
     overlap = tile_overlap(context)
     th, tw = _balanced_tile(h, tile, overlap), _balanced_tile(w, tile, overlap)
@@ -242,6 +251,8 @@ def restore_tiled(
     # bit for bit the same.
     y0 = num_conf = den = None
     done = 0
+    if on_tile is not None:
+        on_tile(0, tiles.shape[0])
     for chunk in chunks:
         y, c = grm(chunk)
         if y0 is None:
@@ -256,6 +267,8 @@ def restore_tiled(
             num_conf[region] += c[k].float() * wk
             den[region] += wk
         done += y.shape[0]
+        if on_tile is not None:
+            on_tile(done, tiles.shape[0])
     return y0.div_(den), num_conf.div_(den)
 
 

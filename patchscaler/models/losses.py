@@ -30,10 +30,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["GRMLoss", "grm_loss"]
+__all__ = ["DistillLoss", "GRMLoss", "artifact_map_loss", "frequency_loss", "gan_loss", "grm_loss", "usm_sharpen"]
 
 DEFAULT_ETA = 2e-6
 DEFAULT_LAMBDA = 0.01 / DEFAULT_ETA
@@ -77,3 +80,107 @@ class GRMLoss:
 
     def __call__(self, y0: Tensor, x0: Tensor, conf: Tensor) -> tuple[Tensor, dict[str, float]]:
         return grm_loss(y0, x0, conf, self.lam, self.eta, self.detach_error)
+
+
+def _gaussian_1d(sigma: float, radius: int) -> Tensor:
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _separable_blur(x: Tensor, k: Tensor) -> Tensor:
+    """Depthwise Gaussian blur of ``[B,C,H,W]`` with the 1-D kernel ``k``, edges reflected."""
+    c, r = x.shape[1], k.numel() // 2
+    kh = k.to(x).view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    kv = k.to(x).view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), kh, groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), kv, groups=c)
+
+
+def usm_sharpen(img: Tensor, weight: float = 0.5, sigma: float = 8.0, threshold: float = 10 / 255) -> Tensor:
+    """Unsharp-masked ``img [B,3,H,W]`` in [0,1]: the sharpened ground truth Real-ESRGAN trains on.
+
+    ``img + weight·(img − blur)``, applied only where the detail ``|img − blur|`` exceeds
+    ``threshold`` (through a blurred mask, so flat regions and noise are left alone),
+    clamped to [0, 1]. Why: L1 to a ground truth the LR cannot determine pulls towards the
+    mean of its possibilities, which is blur; a sharper target offsets part of that.
+    """
+    radius = min(int(math.ceil(3 * sigma)), (min(img.shape[-2:]) - 1))
+    k = _gaussian_1d(sigma, radius)
+    residual = img - _separable_blur(img, k)
+    mask = (residual.abs() > threshold).to(img.dtype)
+    soft = _separable_blur(mask, k)
+    sharp = (img + weight * residual).clamp(0, 1)
+    return soft * sharp + (1 - soft) * img
+
+
+@dataclass
+class DistillLoss:
+    """The `real` GRM's distillation loss (issue 21): L1 to the teacher, L1 to the sharpened
+    ground truth, and the confidence term of :func:`grm_loss` against the *ground truth*.
+
+        L = w_t·|y0 − t0| + w_gt·|y0 − usm(x0)| + λ·mean(C·e² − η·log C),  e² = mean_c (y0 − x0)²
+
+    All in latent units (latent = 2·HR − 1). The confidence stays tied to the true error
+    because the sampler and the Spearman bar use it to rank where the GRM is wrong, not
+    where it disagrees with the teacher.
+    """
+
+    w_teacher: float = 1.0
+    w_gt: float = 0.5
+    lam: float = DEFAULT_LAMBDA
+    eta: float = DEFAULT_ETA
+
+    def __call__(self, y0: Tensor, t0: Tensor, x0_sharp: Tensor, x0: Tensor, conf: Tensor) -> tuple[Tensor, dict[str, float]]:
+        y = y0.float()
+        l1_t = (y - t0.float()).abs().mean()
+        l1_usm = (y - x0_sharp.float()).abs().mean()
+        diff = y.detach() - x0.float()  # the confidence term's error is detached, as in grm_loss
+        e2 = diff.pow(2).mean(dim=1, keepdim=True)
+        c = conf.float()
+        conf_term = (c * e2 - self.eta * torch.log(c.clamp_min(1e-12))).mean()
+        loss = self.w_teacher * l1_t + self.w_gt * l1_usm + self.lam * conf_term
+        return loss, {"l1": diff.abs().mean().item(), "l1_teacher": l1_t.item(), "l1_usm": l1_usm.item(),
+                      "conf": conf_term.item() / self.eta}
+
+
+def gan_loss(logits: Tensor, real: bool) -> Tensor:
+    """Vanilla (non-saturating) GAN loss of per-pixel logits: BCE against all-real or all-fake."""
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+def _local_variance(x: Tensor, size: int = 7) -> Tensor:
+    """Variance of ``x [B,1,H,W]`` over each ``size``×``size`` window (reflect-padded) → same shape."""
+    r = size // 2
+    xp = F.pad(x, (r, r, r, r), mode="reflect")
+    mean = F.avg_pool2d(xp, size, stride=1)
+    return (F.avg_pool2d(xp * xp, size, stride=1) - mean * mean).clamp_min(0)
+
+
+def artifact_map_loss(sr: Tensor, sr_ema: Tensor, target: Tensor, size: int = 7, power: float = 0.2) -> Tensor:
+    """The LDL artefact loss (Liang et al., "Details or Artifacts", CVPR 2022), on images ``[B,3,H,W]``.
+
+    A GAN-trained generator's artefacts are where its residual ``|target − sr|`` is both
+    locally erratic (high variance over a 7×7 window) and larger than that of its own EMA,
+    which moves slowly and so averages the unstable details away. The map
+    ``M = var_global(R)^power · var_local(R)``, zeroed where the EMA is worse than the current
+    model, weights an L1 penalty ``|M·sr − M·target|``: realistic detail (stable across
+    steps) is left alone, flicker is suppressed. ``power`` = 1/5 as in the paper.
+    """
+    residual = (target - sr).abs().mean(1, keepdim=True).detach()
+    residual_ema = (target - sr_ema).abs().mean(1, keepdim=True)
+    global_w = residual.flatten(1).var(dim=1).pow(power).view(-1, 1, 1, 1)
+    weight = global_w * _local_variance(residual, size)
+    weight = torch.where(residual < residual_ema, torch.zeros_like(weight), weight)
+    return (weight * sr - weight * target).abs().mean()
+
+
+def frequency_loss(sr: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute difference of the 2-D spectra (``rfft2``, orthonormal) of ``[B,3,H,W]`` images.
+
+    An L1 in pixel space is satisfied by a blurred answer; in the spectrum every missing
+    high frequency costs as much as a low one, so it pushes towards the target's texture energy.
+    """
+    d = torch.fft.rfft2(sr.float(), norm="ortho") - torch.fft.rfft2(target.float(), norm="ortho")
+    return d.abs().mean()

@@ -1,7 +1,10 @@
-"""Samplers: patch-adaptive group sampling (PGS) with the ragged scheduler, and the
-uniform baseline; the denoiser interface they drive."""
+"""Samplers: one execution engine (`engine`: ragged batching, chunking, out-of-memory
+halving, fp32 reruns, the fused DDIM step) under policies that say which patch gets which
+timesteps — patch-adaptive group sampling (`pgs`), the uniform and plain-DDIM baselines —
+each registered in `registry` by its own module; the denoiser interface they drive."""
 
 from patchscaler.sampling.denoiser import DiTDenoiser, PatchDenoiser
+from patchscaler.sampling.engine import Sampler, SamplerOutput, SamplingPlan
 from patchscaler.sampling.pgs import (
     PGSConfig,
     PGSOutput,
@@ -12,6 +15,7 @@ from patchscaler.sampling.pgs import (
     patch_noise,
     patch_qmap,
 )
+from patchscaler.sampling import registry  # noqa: E402  (registers every sampler, in a fixed order)
 
 __all__ = [
     "DiTDenoiser",
@@ -19,9 +23,13 @@ __all__ = [
     "PGSConfig",
     "PGSOutput",
     "PGSSampler",
+    "Sampler",
+    "SamplerOutput",
+    "SamplingPlan",
     "UniformSampler",
     "assign_groups",
     "derive_seeds",
     "patch_noise",
     "patch_qmap",
+    "registry",
 ]

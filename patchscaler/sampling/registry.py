@@ -1,13 +1,17 @@
 """The samplers and presets, in one table: the command's choices, eval's methods,
-`upscale()`'s checks and ``python -m patchscaler.info`` read it. Adding a sampler is one
-`SamplerSpec` entry (and eval methods for it, one `EVAL_METHODS` entry each).
+`upscale()`'s checks and ``python -m patchscaler.info`` read it. A sampler registers
+itself (`patchscaler.sampling.spec.register_sampler`) in its own module of this package;
+importing this module imports every module of the package, so adding a sampler is one
+new file there.
 
     build_sampler("pgs", model="bicubic", quality="fast")   # → a PGSSampler on the set's DiT
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import pkgutil
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -21,7 +25,8 @@ from patchscaler.checkpoints import (
     require,
     weights_root,
 )
-from patchscaler.sampling.pgs import QUALITY_PRESETS, PGSConfig, PGSSampler, UniformSampler, check_quality
+from patchscaler.sampling import pgs  # noqa: F401  (first: "pgs", "uniform" lead the choices)
+from patchscaler.sampling.spec import QUALITY_PRESETS, SAMPLERS, SamplerSpec, check_quality, register_sampler
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -40,36 +45,22 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class SamplerSpec:
-    """One sampler: its class (None: the GRM alone), the weights components of a model set
-    it needs beyond the GRM, whether the quality presets change it, and a line for --help."""
-
-    name: str
-    cls: type | None
-    needs: tuple[str, ...]
-    presets: bool
-    help: str
+register_sampler(SamplerSpec("none", None, (), False, "the GRM alone, one network pass"))
 
 
-SAMPLERS: dict[str, SamplerSpec] = {
-    spec.name: spec
-    for spec in (
-        SamplerSpec("pgs", PGSSampler, ("dit", "pgs"), True,
-                    "patch-adaptive group sampling with the Patch-DiT (the method)"),
-        SamplerSpec("uniform", UniformSampler, ("dit", "pgs"), False,
-                    "every patch the hard group's steps (the slow baseline)"),
-        SamplerSpec("none", None, (), False, "the GRM alone, one network pass"),
-    )
-}
+def _import_sampler_modules() -> None:
+    """Import every module of `patchscaler.sampling`, so each sampler there registers itself."""
+    package = Path(__file__).parent
+    for info in sorted(pkgutil.iter_modules([str(package)]), key=lambda m: m.name):
+        importlib.import_module(f"patchscaler.sampling.{info.name}")
+
+
+_import_sampler_modules()
 DEFAULT_SAMPLER = "pgs"
 DEFAULT_QUALITY = "balanced"
-# eval's diffusion methods: name → (sampler, quality preset).
+# eval's diffusion methods: name → (sampler, quality preset), from each sampler's spec.
 EVAL_METHODS: dict[str, tuple[str, str]] = {
-    "pgs": ("pgs", "balanced"),
-    "pgs-fast": ("pgs", "fast"),
-    "pgs-detail": ("pgs", "detail"),
-    "uniform": ("uniform", "balanced"),
+    method: (spec.name, quality) for spec in SAMPLERS.values() for method, quality in spec.eval_methods.items()
 }
 
 
@@ -106,14 +97,14 @@ def build_sampler(
     spec = SAMPLERS[check_sampler(name)]
     model = check_model(model or DEFAULT_MODEL)
     check_quality(quality)
-    if spec.cls is None:
+    if spec.build is None:
         return None
     try:
         paths = {c: require(c, model, purpose=f"sampler {spec.name!r}") for c in spec.needs}
     except WeightsNotAvailableError as e:
         raise WeightsNotAvailableError(f"{e}; or use sampler='none' (the GRM alone)") from None
-    config = PGSConfig.load(paths["pgs"]).preset(quality if spec.presets else DEFAULT_QUALITY)
-    return spec.cls(_denoiser(model, torch.device(device), dtype), config)
+    denoiser = _denoiser(model, torch.device(device), dtype) if "dit" in spec.needs else None
+    return spec.build(denoiser, paths, quality if spec.presets else DEFAULT_QUALITY)
 
 
 def _denoiser(model: str, device: torch.device, dtype: torch.dtype):

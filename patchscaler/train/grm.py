@@ -34,7 +34,8 @@ from patchscaler.checkpoints import weights_file
 from patchscaler.models.grm import GRM, GRMConfig, grm_from_file, save_grm
 from patchscaler.metrics.confidence import confidence_error_spearman
 from patchscaler.metrics.psnr import psnr_y
-from patchscaler.models.losses import DEFAULT_ETA, DEFAULT_LAMBDA, GRMLoss
+from patchscaler.models.losses import DEFAULT_ETA, DEFAULT_LAMBDA, DistillLoss, GRMLoss, usm_sharpen
+from patchscaler.train.adversarial import AdversarialTerms
 from patchscaler.train.common import (
     DATA_ROOT,
     RunControl,
@@ -92,6 +93,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --init: deepen the trunk to this many blocks (new blocks start as the identity, so the "
                         "run starts from the init model's exact function)")
     p.add_argument("--workers", type=int, default=1, help="processes preparing real-degradation batches")
+    p.add_argument("--teacher-labels", default=None, metavar="DIR",
+                   help="distil: train on the labelled crops of DIR (python -m patchscaler.train.teacher_labels) with "
+                        "L1 to the teacher + --w-gt x L1 to the unsharp-masked ground truth (implies --degradation real)")
+    p.add_argument("--label-shards", type=int, default=None, help="with --teacher-labels: use the first N shards "
+                   "(default: all there are when the run starts; a resumed run keeps its count)")
+    p.add_argument("--w-teacher", type=float, default=1.0, help="weight of L1 to the teacher")
+    p.add_argument("--w-gt", type=float, default=0.5, help="weight of L1 to the unsharp-masked ground truth")
+    p.add_argument("--usm-weight", type=float, default=0.5, help="unsharp-mask amount of the ground-truth target")
+    p.add_argument("--gan-weight", type=float, default=0.0, help="with --teacher-labels: adversarial term (0 = off; ~0.1)")
+    p.add_argument("--ldl-weight", type=float, default=0.0, help="with --teacher-labels: LDL artefact-map term (~1)")
+    p.add_argument("--fft-weight", type=float, default=0.0, help="with --teacher-labels: spectrum L1 to the teacher")
+    p.add_argument("--d-channels", type=int, default=16, help="discriminator base width")
+    p.add_argument("--d-lr", type=float, default=1e-4, help="discriminator learning rate")
     return p.parse_args(argv)
 
 
@@ -172,6 +186,35 @@ def validate(model: GRM, val: dict, scale: int) -> dict[str, float]:
     return res
 
 
+def teacher_val_outputs(val: dict, path: Path, log) -> dict[str, list[torch.Tensor]] | None:
+    """The teacher's ×4 of every validation LR (``{set: [sr [1,3,H,W]]}``), computed once and kept
+    in ``path``; None when the teacher (ncnn) is not installed."""
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    from patchscaler.train.teacher import RealESRGAN, available
+
+    why = available()
+    if why is not None:
+        log(f"no teacher PSNR in validation: {why}")
+        return None
+    teacher = RealESRGAN(threads=torch.get_num_threads(), tile=0)
+    out = {name: [teacher(lr) for _, lr, _ in items] for name, items in val.items()}
+    torch.save(out, path)
+    return out
+
+
+@torch.no_grad()
+def validate_against_teacher(model: GRM, val: dict, teacher_sr: dict, scale: int) -> dict[str, float]:
+    """Mean PSNR-Y of the GRM's output against the teacher's, per set (how close the distillation got)."""
+    model.eval()
+    codec = PixelUnshuffleCodec(scale)
+    res = {}
+    for name, items in val.items():
+        ps = [psnr_y(codec.decode(model(lr)[0]).clamp(0, 1)[0], t[0], scale) for (_, lr, _), t in zip(items, teacher_sr[name])]
+        res[f"teacher_{name}"] = sum(ps) / len(ps)
+    return res
+
+
 def export(a: argparse.Namespace, log) -> Path:
     """Write the EMA weights of ``OUT/{best,last}.pt`` as safetensors (fp16 when lossless), with
     the config, step, validation numbers and protocol in the file's metadata."""
@@ -235,13 +278,20 @@ def train(a: argparse.Namespace) -> GRM | None:
         log(f"evaluate {a.export_from} step {ck['step']} (EMA): " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
         return None
     ctl = RunControl(a.minutes, a.ckpt_minutes)
+    if a.teacher_labels:
+        a.degradation = "real"  # the labels are of real-degraded LR
+    elif a.gan_weight or a.ldl_weight or a.fft_weight:
+        raise SystemExit("--gan-weight/--ldl-weight/--fft-weight need --teacher-labels (they fine-tune a distillation run)")
     check_batch_divides(a.batch, ctx)
 
     ck = load_last(a, log)
     if ck is not None:
         cfg = GRMConfig.from_dict(ck["config"])
-        # A run keeps the degradation it started with.
+        # A run keeps the degradation it started with, and a distillation run its labels.
         a.degradation = ck.get("args", {}).get("degradation", "bicubic")
+        for key in ("teacher_labels", "label_shards", "w_teacher", "w_gt", "usm_weight", "gan_weight", "ldl_weight",
+                    "fft_weight", "d_channels", "d_lr"):
+            setattr(a, key, ck.get("args", {}).get(key, getattr(a, key)))
     elif a.init:
         init_state, init_config = load_grm_state(a.init)
         cfg = GRMConfig.from_dict(init_config)
@@ -286,10 +336,12 @@ def train(a: argparse.Namespace) -> GRM | None:
     cache = Path(a.cache) if a.cache else out.parent / "cache" / f"pool_x{cfg.scale}.pt"
     if ctx is not None and not ctx.is_main:
         ctx.barrier()  # rank 0 builds the pool cache first, the others then read it
-    pool = PairPool(a.data, scale=cfg.scale, min_hr_side=cfg.scale * a.lr_patch, cache=cache, log=log)
+    pool = None
+    if not a.teacher_labels:  # a distillation run reads its crops from the labels
+        pool = PairPool(a.data, scale=cfg.scale, min_hr_side=cfg.scale * a.lr_patch, cache=cache, log=log)
+        log(f"pair pool: {len(pool)} images, {sum(e.hr[0].numel() for e in pool.entries) / 1e6:.1f} M HR pixels")
     if ctx is not None and ctx.is_main:
         ctx.barrier()
-    log(f"pair pool: {len(pool)} images, {sum(e.hr[0].numel() for e in pool.entries) / 1e6:.1f} M HR pixels")
     val = load_val_sets(a.val_root, a.val_sets, cfg.scale, a.degradation)
     if a.degradation != "bicubic":
         # The floor to beat: plain bicubic upsampling of the same degraded LR.
@@ -299,13 +351,22 @@ def train(a: argparse.Namespace) -> GRM | None:
                 / len(it) for n, it in val.items()}
         log("val bicubic upsampling of the degraded LR: " + " ".join(f"{k}={v:.4f}" for k, v in base.items()))
     loss_fn = GRMLoss(a.lam, a.eta)
+    distill = DistillLoss(a.w_teacher, a.w_gt, a.lam, a.eta) if a.teacher_labels else None
+    adversarial = AdversarialTerms(a.gan_weight, a.ldl_weight, a.fft_weight, a.d_channels, a.d_lr, a.bf16)
+    if adversarial.active:
+        restored = ck is not None and adversarial.load_state_dict(ck)
+        log(f"adversarial terms: gan {a.gan_weight} ldl {a.ldl_weight} fft {a.fft_weight}; discriminator "
+            + ("restored" if restored else f"fresh ({sum(p.numel() for p in adversarial.disc.parameters())} params)"
+               if adversarial.disc is not None else "none"))
+    teacher_sr = teacher_val_outputs(val, out / "val_teacher.pt", log) if distill else None
     codec = PixelUnshuffleCodec(cfg.scale)
 
     def checkpoint(tag: str = "last") -> None:
         if not main_rank:
             return
         atomic_save(
-            trainer_state(model, ema, opt, gen, step) | {"config": cfg.__dict__, "best": best, "args": vars(a)},
+            trainer_state(model, ema, opt, gen, step) | adversarial.state_dict()
+            | {"config": cfg.__dict__, "best": best, "args": vars(a)},
             out / f"{tag}.pt",
         )
 
@@ -315,7 +376,15 @@ def train(a: argparse.Namespace) -> GRM | None:
     t_log, steps_log = time.time(), 0
     end = a.total_steps if a.stop_at is None else min(a.total_steps, a.stop_at)
     batches = None
-    if a.degradation == "real":
+    if distill is not None:
+        from patchscaler.train.teacher_labels import LabelledBatches
+
+        stream = LabelledBatches(a.teacher_labels, a.lr_patch, a.batch, seed=a.seed, start=step, shards=a.label_shards)
+        a.label_shards = stream.shards  # recorded in the checkpoint's args: --resume uses the same data
+        log(f"teacher labels: {stream.shards} shards, {len(stream)} tiles from {a.teacher_labels}; "
+            f"loss {a.w_teacher} x L1(teacher) + {a.w_gt} x L1(USM {a.usm_weight} ground truth)")
+        batches = iter(stream)
+    elif a.degradation == "real":
         # Degrading on the fly costs about half a training step: a worker process
         # prepares batch k (a function of seed and k alone) while the model trains.
         stream = DegradedBatches(pool, a.lr_patch, a.batch, seed=a.seed, start=step)
@@ -334,9 +403,17 @@ def train(a: argparse.Namespace) -> GRM | None:
         if stop:
             break
         if val_due:
+            if distill is not None and (added := stream.grow()):
+                a.label_shards = stream.shards
+                log(f"teacher labels: +{added} shards, now {stream.shards} ({len(stream)} tiles)")
             if main_rank:
                 r = validate(ema, val, cfg.scale)
                 score = sum(v for k, v in r.items() if k != "spearman") / max(1, len(val))
+                if teacher_sr is not None and val:
+                    # A distilled GRM is best where it is close to the teacher and to the truth alike.
+                    rt = validate_against_teacher(ema, val, teacher_sr, cfg.scale)
+                    score = (score + sum(rt.values()) / len(rt)) / 2
+                    r |= rt
                 log(f"val step {step} (EMA): " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
                 if score > best and step > 0:
                     best = score
@@ -350,8 +427,12 @@ def train(a: argparse.Namespace) -> GRM | None:
             log(f"time limit of {a.minutes} min reached")
             break
 
+        t_img = None
         if batches is None:
             lr_img, hr_img = pool.sample(a.batch, a.lr_patch, gen)
+        elif distill is not None:
+            lr_img, t_img, hr_img = next(batches)
+            t_img = rank_slice(t_img, ctx)
         else:
             lr_img, hr_img = next(batches)
         lr_img, hr_img = rank_slice(lr_img, ctx), rank_slice(hr_img, ctx)
@@ -363,7 +444,22 @@ def train(a: argparse.Namespace) -> GRM | None:
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             y0, conf = net(lr_img)
-        loss, parts = loss_fn(y0, x0, conf)
+        if distill is None:
+            loss, parts = loss_fn(y0, x0, conf)
+        else:
+            loss, parts = distill(y0, codec.encode(t_img), codec.encode(usm_sharpen(hr_img, a.usm_weight)), x0, conf)
+            if adversarial.active:
+                sr = codec.decode(y0.float())
+                sr_ema = None
+                if a.ldl_weight > 0:
+                    with torch.no_grad():
+                        sr_ema = codec.decode(ema(lr_img)[0])
+                adv_loss, adv_parts = adversarial.generator_loss(sr, sr_ema, t_img)
+                loss = loss + adv_loss
+                parts |= adv_parts
+            for k in ("l1_teacher", "gan", "ldl", "fft"):
+                if k in parts:
+                    meter[k] = meter.get(k, 0.0) + parts[k]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         # Clip the regression and confidence parameters separately: the confidence
@@ -374,6 +470,9 @@ def train(a: argparse.Namespace) -> GRM | None:
             log(f"step {step}: non-finite gradient, skipped")
             continue
         opt.step()
+        if adversarial.disc is not None:
+            for k, v in adversarial.discriminator_step(hr_img, sr).items():
+                meter[k] = meter.get(k, 0.0) + v
         step += 1
         update_ema(ema, model, a.ema, step)
         meter["loss"] += loss.item()
@@ -384,8 +483,10 @@ def train(a: argparse.Namespace) -> GRM | None:
         if step % a.log_every == 0:
             dt = time.time() - t_log
             n = meter["n"]
+            to_teacher = "".join(f" {k} {meter[k] / n:.5f}" for k in ("l1_teacher", "gan", "ldl", "fft", "d_loss",
+                                                                         "d_real_acc", "d_fake_acc") if k in meter)
             log(
-                f"step {step} loss {meter['loss'] / n:.5f} l1 {meter['l1'] / n:.5f} conf/eta {meter['conf'] / n:.3f} "
+                f"step {step} loss {meter['loss'] / n:.5f} l1 {meter['l1'] / n:.5f}{to_teacher} conf/eta {meter['conf'] / n:.3f} "
                 f"lr {cur_lr:.2e} gnorm {float(gnorm):.3f} {steps_log / dt:.3f} it/s {a.batch * steps_log / dt:.1f} samples/s"
             )
             meter = {"loss": 0.0, "l1": 0.0, "conf": 0.0, "n": 0}

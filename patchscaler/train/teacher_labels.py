@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-from patchscaler.data.dataset import PairPool
+from patchscaler.data.dataset import PairPool, augment, worker_batch_indices
 from patchscaler.data.degradations import DegradationConfig, degrade
 from patchscaler.train.common import DATA_ROOT
 
-__all__ = ["default_cache", "label_shard", "list_shards", "main"]
+__all__ = ["LabelledBatches", "default_cache", "label_shard", "list_shards", "main"]
 
 FORMAT = "patchscaler-teacher-labels-1"
 
@@ -64,6 +64,73 @@ def label_shard(pool: PairPool, teacher, k: int, tiles: int, lr_tile: int, seed:
     # does not depend on which other crops were labelled with it.
     sr = torch.stack([teacher(t) for t in lr])
     return {"lr": _u8(lr), "teacher": _u8(sr), "hr": _u8(hr)}
+
+
+class LabelledBatches(torch.utils.data.IterableDataset):
+    """An endless stream of ``(lr [B,3,p,p], teacher [B,3,sp,sp], hr [B,3,sp,sp])`` float batches in [0, 1]
+    cut from the first ``shards`` labelled shards of ``cache`` (all there are by default).
+
+    Batch ``k`` is a function of ``(seed, k, shards)``: its generator picks, per crop, a tile,
+    a position on the LR grid (so the three crops stay aligned) and one of the 8
+    flips/rotations. The labelling job may run beside training: :meth:`grow` takes in the
+    shards it has finished since (the trainer calls it at each validation and records the
+    count in its checkpoint, so ``--resume`` starts from the same data). Workers split ``k``
+    as in :class:`data.dataset.DegradedBatches`.
+    """
+
+    def __init__(self, cache: str | os.PathLike, lr_patch: int, batch: int, seed: int = 0, start: int = 0,
+                 shards: int | None = None, scale: int = 4):
+        self.cache, self.scale = Path(cache), scale
+        self.lr_patch, self.batch, self.seed, self.start = lr_patch, batch, seed, start
+        self.shards = 0
+        self.lr = self.teacher = self.hr = None
+        available = len(list_shards(cache))
+        if shards is not None and shards > available:
+            raise ValueError(f"{cache} has {available} shards, the run was started on {shards}")
+        self.grow(shards)
+        if self.shards == 0:
+            raise FileNotFoundError(f"no teacher labels in {cache}: run python -m patchscaler.train.teacher_labels")
+
+    def grow(self, shards: int | None = None) -> int:
+        """Load the shards from ``self.shards`` up to ``shards`` (default: all finished ones); returns how many were added."""
+        paths = list_shards(self.cache)[self.shards : shards]
+        if not paths:
+            return 0
+        parts = [torch.load(p, weights_only=True) for p in paths]
+        new = {k: torch.cat([d[k] for d in parts]) for k in ("lr", "teacher", "hr")}
+        if new["lr"].shape[-1] < self.lr_patch:
+            raise ValueError(f"labelled tiles are {new['lr'].shape[-1]}² LR, smaller than the {self.lr_patch}² crops asked for")
+        for k, v in new.items():
+            old = getattr(self, k)
+            setattr(self, k, v if old is None else torch.cat([old, v]))
+        self.shards += len(paths)
+        return len(paths)
+
+    def __len__(self) -> int:
+        """Labelled tiles."""
+        return self.lr.shape[0]
+
+    def batch_at(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        s, p = self.scale, self.lr_patch
+        n, _, h, w = self.lr.shape
+        lrs, ts, hrs = [], [], []
+        for _ in range(self.batch):
+            i = int(torch.randint(n, (), generator=g))
+            y = int(torch.randint(h - p + 1, (), generator=g))
+            x = int(torch.randint(w - p + 1, (), generator=g))
+            code = int(torch.randint(8, (), generator=g))
+            lr = self.lr[i, :, y : y + p, x : x + p]
+            hs, ws = slice(s * y, s * (y + p)), slice(s * x, s * (x + p))
+            lr, t = augment(lr, self.teacher[i, :, hs, ws], code)
+            _, hr = augment(lr, self.hr[i, :, hs, ws], code)
+            lrs.append(lr)
+            ts.append(t)
+            hrs.append(hr)
+        return tuple(torch.stack(v).float().div_(255.0) for v in (lrs, ts, hrs))
+
+    def __iter__(self):
+        return (self.batch_at(k) for k in worker_batch_indices(self.start))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,0 +1,183 @@
+"""The `real` GRM's distillation pieces: labelled-crop batches, the sharpened target, the loss, the trainer.
+
+The teacher itself (Real-ESRGAN through ncnn) is a training extra and is not needed here:
+the shards are written by hand with the layout `train.teacher_labels` writes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from patchscaler.models.losses import DistillLoss, grm_loss, usm_sharpen
+from patchscaler.train.teacher_labels import LabelledBatches, list_shards
+
+
+def _write_shards(folder, n: int, tiles: int = 3, lr_tile: int = 20, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for k in range(n):
+        lr = torch.randint(0, 256, (tiles, 3, lr_tile, lr_tile), dtype=torch.uint8, generator=g)
+        # teacher/HR are the LR repeated 4x4 (plus an offset for the teacher), so an aligned
+        # crop of them is recognisable from the LR crop alone.
+        up = lr.repeat_interleave(4, -1).repeat_interleave(4, -2)
+        torch.save({"lr": lr, "teacher": (up // 2).to(torch.uint8), "hr": up}, folder / f"shard_{k:06d}.pt")
+
+
+def test_batches_are_aligned_deterministic_and_cover_flips(tmp_path):
+    _write_shards(tmp_path, 2)
+    ds = LabelledBatches(tmp_path, lr_patch=8, batch=16, seed=3)
+    assert ds.shards == 2 and len(ds) == 6
+    lr, t, hr = ds.batch_at(5)
+    assert lr.shape == (16, 3, 8, 8) and t.shape == hr.shape == (16, 3, 32, 32)
+    up = lr.repeat_interleave(4, -1).repeat_interleave(4, -2)
+    torch.testing.assert_close(hr, up)  # same crop and same flip/rotation in all three
+    torch.testing.assert_close(t, torch.floor(up * 255 / 2) / 255)
+    again = LabelledBatches(tmp_path, lr_patch=8, batch=16, seed=3).batch_at(5)
+    assert all(torch.equal(a, b) for a, b in zip((lr, t, hr), again))
+    assert not torch.equal(lr, ds.batch_at(6)[0])
+
+
+def test_grow_takes_in_new_shards_and_a_run_can_pin_its_count(tmp_path):
+    _write_shards(tmp_path, 2)
+    ds = LabelledBatches(tmp_path, lr_patch=8, batch=4)
+    _write_shards(tmp_path, 3, seed=1)  # rewrites 0, 1 and adds shard 2
+    assert ds.grow() == 1 and ds.shards == 3 and len(ds) == 9
+    assert ds.grow() == 0
+    pinned = LabelledBatches(tmp_path, lr_patch=8, batch=4, shards=2)
+    assert pinned.shards == 2
+    try:
+        LabelledBatches(tmp_path, lr_patch=8, batch=4, shards=5)
+    except ValueError as e:
+        assert "3 shards" in str(e)
+    else:
+        raise AssertionError("asking for more shards than exist must fail")
+    try:
+        LabelledBatches(tmp_path / "none", lr_patch=8, batch=4)
+    except FileNotFoundError as e:
+        assert "teacher_labels" in str(e)
+    else:
+        raise AssertionError("an empty cache must fail")
+    assert len(list_shards(tmp_path)) == 3
+
+
+def test_usm_sharpens_edges_and_leaves_flat_regions():
+    flat = torch.full((1, 3, 40, 40), 0.4)
+    torch.testing.assert_close(usm_sharpen(flat), flat)
+    edge = torch.zeros(1, 3, 40, 40)
+    edge[..., 20:] = 0.8
+    sharp = usm_sharpen(edge)
+    assert sharp[..., 21].mean() > 0.8 - 1e-6 and sharp[..., 22].mean() > 0.8  # overshoot on the bright side
+    assert sharp.min() >= 0 and sharp.max() <= 1
+    assert (sharp - edge).abs()[..., :5].max() < 0.02  # far from the edge: almost untouched
+
+
+def test_distill_loss_parts_and_confidence_against_the_truth():
+    g = torch.Generator().manual_seed(0)
+    y0, t0, xs, x0 = (torch.randn(2, 48, 5, 5, generator=g) for _ in range(4))
+    conf = torch.rand(2, 1, 5, 5, generator=g) * 0.9 + 0.05
+    loss, parts = DistillLoss(w_teacher=1.0, w_gt=0.5)(y0, t0, xs, x0, conf)
+    assert parts["l1_teacher"] == (y0 - t0).abs().mean().item()
+    assert parts["l1_usm"] == (y0 - xs).abs().mean().item()
+    _, ref = grm_loss(y0, x0, conf)
+    assert abs(parts["conf"] - ref["conf"]) < 1e-3 and abs(parts["l1"] - ref["l1"]) < 1e-6
+    # With the teacher equal to the truth and no GT weight, only the teacher term moves y0.
+    loss_t, _ = DistillLoss(w_teacher=1.0, w_gt=0.0)(y0, x0, xs, x0, conf)
+    loss_g, _ = grm_loss(y0, x0, conf)
+    torch.testing.assert_close(loss_t, loss_g)
+
+
+def test_trainer_distils_from_labels_and_resumes(tmp_path):
+    from patchscaler.train.grm import main
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    _write_shards(labels, 2, tiles=2, lr_tile=24)
+    out = tmp_path / "run"
+    common = ["--teacher-labels", str(labels), "--out", str(out), "--channels", "8", "--blocks", "1",
+              "--batch", "2", "--lr-patch", "12", "--threads", "1", "--val-sets", "", "--warmup", "1",
+              "--log-every", "1", "--no-bf16"]
+    assert main(common + ["--total-steps", "3"]) == 0
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert ck["step"] == 3 and ck["args"]["degradation"] == "real" and ck["args"]["label_shards"] == 2
+    log = (out / "metrics.log").read_text()
+    assert "teacher labels: 2 shards" in log and "l1_teacher" in log
+    _write_shards(labels, 3, tiles=2, lr_tile=24)
+    # --resume keeps the labels folder and the loss weights of the run (not given again here)
+    resume = [a for a in common if a not in ("--teacher-labels", str(labels))]
+    assert main(resume + ["--resume", "--total-steps", "5"]) == 0
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert ck["step"] == 5 and ck["args"]["teacher_labels"] == str(labels)
+
+
+def test_discriminator_gives_a_logit_per_pixel_and_rejects_bad_sizes():
+    from patchscaler.models.discriminator import UNetDiscriminator
+
+    d = UNetDiscriminator(8)
+    assert d(torch.rand(2, 3, 24, 40)).shape == (2, 1, 24, 40)
+    try:
+        d(torch.rand(1, 3, 20, 20))
+    except ValueError as e:
+        assert "multiples of 8" in str(e)
+    else:
+        raise AssertionError("20x20 must be refused")
+    # Every convolution after the stem is spectral-normalised.
+    normed = [m for m in d.modules() if hasattr(m, "weight_orig")]
+    assert len(normed) == 8
+
+
+def test_artifact_map_loss_only_where_the_ema_is_better():
+    from patchscaler.models.losses import artifact_map_loss
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 32, 32, generator=g)
+    noisy = (target + 0.2 * torch.randn(target.shape, generator=g)).clamp(0, 1)
+    # EMA worse than the model everywhere: no artefact to suppress.
+    worse = target + 0.5  # off by more than the model anywhere
+    assert artifact_map_loss(noisy, worse, target).item() == 0.0
+    # EMA exact: every erratic residual of the model is penalised, and the gradient points back.
+    sr = noisy.clone().requires_grad_(True)
+    loss = artifact_map_loss(sr, target, target)
+    assert loss.item() > 0
+    loss.backward()
+    step = sr.detach() - 1e3 * sr.grad
+    assert (step - target).abs().mean() < (noisy - target).abs().mean()
+
+
+def test_frequency_loss_sees_missing_detail():
+    from patchscaler.models.losses import frequency_loss
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 32, 32, generator=g)
+    blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    assert frequency_loss(x, x).item() == 0.0
+    assert frequency_loss(blurred, x).item() > 0.05
+
+
+def test_adversarial_fine_tune_trains_and_resumes_its_discriminator(tmp_path):
+    from patchscaler.train.grm import main
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    _write_shards(labels, 1, tiles=2, lr_tile=24)
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--channels", "8", "--blocks", "1", "--batch", "2", "--lr-patch", "12",
+              "--threads", "1", "--val-sets", "", "--warmup", "1", "--log-every", "1", "--no-bf16"]
+    adv = ["--teacher-labels", str(labels), "--gan-weight", "0.1", "--ldl-weight", "1", "--fft-weight", "0.1",
+           "--d-channels", "4"]
+    assert main(common + adv + ["--total-steps", "2"]) == 0
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert "disc" in ck and "disc_opt" in ck
+    d_before = {k: v.clone() for k, v in ck["disc"].items()}
+    log = (out / "metrics.log").read_text()
+    for term in ("gan", "ldl", "fft", "d_loss", "discriminator fresh"):
+        assert term in log, term
+    assert main(common + ["--resume", "--total-steps", "3"]) == 0
+    assert "discriminator restored" in (out / "metrics.log").read_text()
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert ck["step"] == 3 and any(not torch.equal(d_before[k], ck["disc"][k]) for k in d_before)
+    try:
+        main(common[:2] + ["--out", str(tmp_path / "other"), "--gan-weight", "0.1"])
+    except SystemExit as e:
+        assert "--teacher-labels" in str(e)
+    else:
+        raise AssertionError("an adversarial term without labels must be refused")
