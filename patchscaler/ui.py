@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 # Gradio reads these when it is imported: no usage analytics, no calls to the Hub.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -70,6 +70,29 @@ def samplers_for(model: str) -> list[str]:
     return [name for name in SAMPLERS if sampler_available(name, model)]
 
 
+def default_sampler_for(model: str) -> str | None:
+    """The sampler the set itself names (``<set>/set.json``) when it can run, else the first that can."""
+    from patchscaler.checkpoints import set_manifest
+
+    choices = samplers_for(model)
+    own = set_manifest(model).get("default_sampler")
+    return own if own in choices else (choices[0] if choices else None)
+
+
+def describe_set(model: str) -> str:
+    """One line on what a model set is for (its ``set.json``), for the page."""
+    from patchscaler.checkpoints import set_manifest
+
+    return set_manifest(model).get("description") or f"model set {model!r}"
+
+
+def describe_samplers(names: Sequence[str]) -> str:
+    """The registry's one-line help of each sampler in ``names``."""
+    from patchscaler.sampling.registry import SAMPLERS
+
+    return " · ".join(f"{n}: {SAMPLERS[n].help}" for n in names)
+
+
 def _preview(arr: np.ndarray):
     """A display copy of an image array of `read_image`'s family: 8-bit PIL image."""
     from PIL import Image
@@ -108,6 +131,7 @@ def upscale_files(
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
     max_megapixels: float | None = None,
+    progress: Callable[[int, int, int, str], None] | None = None,
 ) -> list[Result]:
     """Upscale each file; one `Result` per path, in order. A file that cannot be read or
     upscaled gets ``Result.error`` (one line) and the others still run; settings that are
@@ -116,6 +140,8 @@ def upscale_files(
     ``outscale``: None or 4 for ×4, else the output scale in (1, 4). ``out_dir``: where the
     PNGs go (default: a new temporary folder). ``max_megapixels``: refuse inputs whose ×4
     output is larger (None: only Pillow's decompression-bomb limit on the input).
+    ``progress(i, done, total, stage)``: file ``i``'s work so far, as `upscale` reports it
+    (stage "grm": restoration tiles, "dit": Patch-DiT patch-evaluations).
     """
     from PIL import Image
 
@@ -135,8 +161,9 @@ def upscale_files(
     suffix = "x4" if outscale is None else f"x{float(outscale):g}"
     results = []
     used = set()
-    for path in paths:
+    for i, path in enumerate(paths):
         path = Path(path)
+        report = (lambda done, total, stage, i=i: progress(i, done, total, stage)) if progress else False
         res = Result(name=path.name)
         try:
             max_pixels = None if max_megapixels is None else max_megapixels * 1e6 / 16
@@ -145,6 +172,7 @@ def upscale_files(
             out, gmap = upscale(
                 arr, model=model, sampler=sampler, quality=quality, seed=int(seed),
                 outscale=outscale, return_groups=True, max_output_megapixels=max_megapixels,
+                progress=report,
             )
             res.seconds = time.perf_counter() - start
             # Provenance in the PNG beside the input's own text chunks: how to redo it.
@@ -198,6 +226,7 @@ def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = Non
     sets = model_sets()
     first_model = DEFAULT_MODEL if DEFAULT_MODEL in sets else (sets[0] if sets else DEFAULT_MODEL)
     first_samplers = samplers_for(first_model)
+    first_sampler = default_sampler_for(first_model)
     ok0 = [r for r in initial if r.error is None]
 
     def show(results: list[Result], name: str | None):
@@ -212,10 +241,17 @@ def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = Non
         if not files:
             raise gr.Error("Drop one or more images first.")
         paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in files]
-        progress(0, desc=f"upscaling {len(paths)} image(s)")
+        n = len(paths)
+        progress(0, desc=f"upscaling {n} image(s)")
+
+        def report(i: int, done: int, total: int, stage: str) -> None:
+            what = {"grm": "restoring", "dit": "DiT patch-evaluations"}.get(stage, stage)
+            progress((i + done / max(total, 1)) / n, desc=f"{Path(paths[i]).name}: {what} {done}/{total}")
+
         try:
             results = upscale_files(paths, model=model, sampler=sampler, quality=quality,
-                                    outscale=outscale, seed=int(seed or 0), max_megapixels=max_megapixels)
+                                    outscale=outscale, seed=int(seed or 0), max_megapixels=max_megapixels,
+                                    progress=report)
         except (ValueError, OSError) as exc:  # settings wrong for every file
             raise gr.Error(str(exc).strip().splitlines()[0]) from None
         failed = [r for r in results if r.error is not None]
@@ -236,7 +272,8 @@ def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = Non
 
     def on_model(model):
         choices = samplers_for(model)
-        return gr.update(choices=choices, value=choices[0] if choices else None)
+        return (gr.update(info=describe_set(model)),
+                gr.update(choices=choices, value=default_sampler_for(model), info=describe_samplers(choices)))
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
         gr.Markdown(
@@ -249,11 +286,11 @@ def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = Non
             with gr.Column(scale=1, min_width=300):
                 files = gr.File(label="Images", file_count="multiple", file_types=["image"], type="filepath")
                 model = gr.Dropdown(sets or [first_model], value=first_model, label="Model set",
-                                    info="bicubic: clean downscaled images · real: photos with blur, noise, JPEG")
-                sampler = gr.Radio(first_samplers, value=first_samplers[0] if first_samplers else None,
-                                   label="Sampler", info="pgs: the method · uniform: every patch, slow · none: GRM only")
+                                    info=describe_set(first_model))
+                sampler = gr.Radio(first_samplers, value=first_sampler, label="Sampler",
+                                   info=describe_samplers(first_samplers))
                 quality = gr.Radio(list(QUALITY_PRESETS), value=DEFAULT_QUALITY, label="Quality preset",
-                                   info="share of patches given the full denoising: fast ~8 %, balanced ~12 %, detail ~30 %")
+                                   info="pgs: fewer or more patches get the hard group's steps · ddim: 10/20/50 steps for every patch")
                 outscale = gr.Slider(MIN_OUTSCALE, 4, value=4, step=0.5, label="Output scale")
                 seed = gr.Number(0, precision=0, label="Seed")
                 go = gr.Button("Upscale", variant="primary")
@@ -275,7 +312,7 @@ def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = Non
                     download = gr.File(
                         [str(r.output) for r in ok0] or None, label="Download (PNG, full bit depth, with metadata)",
                         file_count="multiple", interactive=False)
-        model.change(on_model, model, sampler)
+        model.change(on_model, model, [model, sampler])
         go.click(run, [files, model, sampler, quality, outscale, seed],
                  [results_state, pick, slider, groups, stats, download], api_name="upscale")
         pick.change(show, [results_state, pick], [slider, groups], api_name=False)

@@ -184,3 +184,15 @@ def test_upscale_files_size_limit(tmp_path):
     assert res.error is not None and "MP" in res.error and res.output is None
     (res,) = upscale_files([tmp_path / "big.png"], sampler="none", max_megapixels=0.01, out_dir=tmp_path)
     assert res.error is None
+
+
+def test_upscale_files_reports_progress(tmp_path):
+    # The page's progress bar is fed by upscale()'s progress callable: GRM tiles, then DiT
+    # patch-evaluations, counted up to their planned total for each file.
+    calls = []
+    (res,) = upscale_files([_image(tmp_path / "p.png", h=16, w=16)], sampler="pgs", quality="fast",
+                           out_dir=tmp_path, progress=lambda i, done, total, stage: calls.append((i, done, total, stage)))
+    assert res.error is None
+    dit = [c for c in calls if c[3] == "dit"]
+    assert dit and dit[-1][1] == dit[-1][2] == res.summary["evaluations"]
+    assert {c[0] for c in calls} == {0} and any(c[3] == "grm" for c in calls)
