@@ -9,6 +9,9 @@ folder and are installed as `patchscaler.kernels`.
 
 Build with the PyTorch already installed in the environment:
     pip install --no-build-isolation -e .
+ninja compiles the translation units in parallel (MAX_JOBS caps the workers, default:
+ninja's own, cores + 2); `pip install -v ...` shows its [n/N] progress lines, which
+pip otherwise hides behind "still running...". Build times: benchmarks/results/build-time.md.
 """
 
 import glob
@@ -31,12 +34,26 @@ def _want_cuda() -> bool:
 def _extension():
     cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    with_cuda = _want_cuda()
+    # One line up front, so a build log says what is being compiled and how wide
+    # (ninja then prints "[n/N] <command>" per file as it finishes).
+    print(
+        f"patchscaler._C: {len(cpp_sources)} C++"
+        + (f" + {len(cuda_sources)} CUDA" if with_cuda else " (no CUDA)")
+        + f" files, ninja jobs: {os.environ.get('MAX_JOBS', 'ninja default')}",
+        flush=True,
+    )
     # PyTorch >= 2.13 headers require C++20; older ones accept it too.
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     # ops register through TORCH_LIBRARY, so the module itself exports no functions;
-    # Py_LIMITED_API keeps the .so loadable by any CPython >= 3.9.
-    define_macros = [("Py_LIMITED_API", "0x03090000")]
-    if _want_cuda():
+    # Py_LIMITED_API keeps the .so loadable by any later CPython. PyTorch >= 2.6 defines
+    # it itself for py_limited_api extensions (its minimum CPython, 3.10 for 2.14);
+    # defining it here too only printed a "redefined" warning for every file.
+    from torch.utils import cpp_extension
+
+    defines_limited_api = hasattr(cpp_extension, "min_supported_cpython")
+    define_macros = [] if defines_limited_api else [("Py_LIMITED_API", "0x03090000")]
+    if with_cuda:
         return CUDAExtension(
             "patchscaler._C",
             cpp_sources + cuda_sources,
@@ -65,9 +82,13 @@ setup(
     python_requires=">=3.10",
     # pypng: 16-bit PNGs, which Pillow cannot write (see patchscaler/image_files.py)
     install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tqdm", "pypng"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "scipy"]},
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "gradio", "gradio_client"],
+        # the local web app, patchscaler-ui (patchscaler/ui.py)
+        "ui": ["gradio"],
+    },
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["patchscaler=patchscaler.cli:main"]},
+    entry_points={"console_scripts": ["patchscaler=patchscaler.cli:main", "patchscaler-ui=patchscaler.ui:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -1,7 +1,7 @@
 // Schemas of the per-patch diffusion update ops (SPEC §3).
 // Kernels: csrc/cpu/group_denoise_cpu.cpp (CPU, fused C++), kernels/group_denoise.py
 // (CUDA, Triton, registered from Python). Fake kernels, references and the typed
-// wrappers: patchscaler/ops/denoise.py.
+// wrappers: patchscaler/ops/group_denoise.py.
 //
 //   group_denoise_step(x_all[P_all,*S] (mutated), model_out[P_act,*S], idx[P_act],
 //                      t[P_act], t_next[P_act], alphas_cumprod[T], prediction,

@@ -1,9 +1,16 @@
 // Schemas of the patch ops and the argument checks every backend shares.
 // Kernels: csrc/cpu/patches_cpu.cpp (CPU), csrc/cuda/patches_cuda.cu (CUDA).
 // Fake kernels, references and autograd: patchscaler/ops/patches.py.
+// Per-operator ATen headers only: including <ATen/ATen.h> (every op, thousands of
+// headers) would be a compile error, which keeps this file's build fast.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+
 #include "patches.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/sort.h>
 #include <torch/library.h>
 
 #include <sstream>
@@ -50,8 +57,10 @@ void check_origins_range(const char* op, const at::Tensor& origins, int64_t B, i
       for (int k = 0; k < 3; ++k)
         if (o[p * 3 + k] < lo[k] || o[p * 3 + k] > hi[k]) bad = p;
   } else {
-    auto b = origins.select(1, 0), y = origins.select(1, 1), x = origins.select(1, 2);
-    auto mask = (b < 0) | (b > hi[0]) | (y < 0) | (y > hi[1]) | (x < 0) | (x > hi[2]);
+    // Tensor methods, not operators: `<`/`|` on tensors live in ATen/TensorOperators.h,
+    // which pulls in every op's header (see the top of this file).
+    auto mask = origins.lt(0).any(/*dim=*/1);
+    for (int k = 0; k < 3; ++k) mask = mask.bitwise_or(origins.select(1, k).gt(hi[k]));
     if (mask.any().item<bool>()) {
       bad = mask.nonzero().min().item<int64_t>();
       host = origins.cpu();
@@ -142,10 +151,10 @@ RowIndex build_row_index_aten(const at::Tensor& origins, int64_t ph, int64_t B, 
   // i.e. dim=1 of a 1-D tensor.
   const std::optional<bool> stable = true;
   auto order = std::get<1>(at::sort(origins.select(1, 2), stable, /*dim=*/0, /*descending=*/false));
-  auto first_row = (origins.select(1, 0) * H + origins.select(1, 1)).index_select(0, order);
+  auto first_row = origins.select(1, 0).mul(H).add(origins.select(1, 1)).index_select(0, order);
   // One entry per (patch, covered row); a stable sort by row keeps the (x, id) order
   // within each row.
-  auto rows = (first_row.unsqueeze(1) + at::arange(ph, opts).unsqueeze(0)).reshape({P * ph});
+  auto rows = first_row.unsqueeze(1).add(at::arange(ph, opts).unsqueeze(0)).reshape({P * ph});
   auto ids = order.unsqueeze(1).expand({P, ph}).reshape({P * ph});
   auto sorted = at::sort(rows, stable, /*dim=*/0, /*descending=*/false);
   RowIndex index;

@@ -1,7 +1,7 @@
 // Schema of topk_retrieve, the texture-memory lookup (SPEC §2, §3).
 // Kernels: csrc/cpu/topk_retrieve_cpu.cpp (CPU, blocked matmul + running top-k),
 // kernels/topk_retrieve.py (CUDA, Triton, registered from Python). Fake kernel,
-// reference and the typed wrapper: patchscaler/ops/retrieve.py.
+// reference and the typed wrapper: patchscaler/ops/topk_retrieve.py.
 //
 //   topk_retrieve(q[M,D], keys[N,D], k) -> (scores[M,k] float32, indices[M,k] int64)
 //       scores[i] = the k largest inner products <q[i], keys[j]> over j, sorted

@@ -7,10 +7,16 @@
 // so the per-patch coefficients are computed once (in double, from the ᾱ table) and
 // the element loop is a handful of float FMAs that the compiler vectorises. A patch
 // row is read and written where it lies in x_all: no gathered copy of the active set.
+// Per-operator ATen headers only: including <ATen/ATen.h> (every op, thousands of
+// headers) would be a compile error, which keeps this file's build fast.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+
 #include "dtype_name.h"
 
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>

@@ -17,10 +17,16 @@
 // The only temporaries are the index (about P*(ph/kBandRows + 1) + B*H/kBandRows
 // int64) and, for blend, the reciprocal weight sum per pixel ([B,H,W] fp32, 1/C
 // of the output), both allocated through ATen so memory profilers see them.
+// Per-operator ATen headers only: including <ATen/ATen.h> (every op, thousands of
+// headers) would be a compile error, which keeps this file's build fast.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+
 #include "../patches.h"
 
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

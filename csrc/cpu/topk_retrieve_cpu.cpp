@@ -13,10 +13,16 @@
 // end, as faiss does on GPU. Extra memory: per thread one score tile plus (for
 // float16/bfloat16 or strided keys) one float32 key tile; per split one [M, k]
 // list when splits are used.
+// Per-operator ATen headers only: including <ATen/ATen.h> (every op, thousands of
+// headers) would be a compile error, which keeps this file's build fast.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+
 #include "dtype_name.h"
 
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <algorithm>
