@@ -89,6 +89,6 @@ setup(
     },
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["patchscaler=patchscaler.cli:main", "patchscaler-ui=patchscaler.ui:main"]},
+    entry_points={"console_scripts": ["patchscaler=patchscaler.command.cli:main", "patchscaler-ui=patchscaler.command.ui:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

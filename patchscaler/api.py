@@ -6,7 +6,7 @@
     hr, groups = patchscaler.upscale(lr, return_groups=True)
 
 This module only checks and converts inputs and outputs; the work happens in
-:class:`patchscaler.pipeline.PatchScalerPipeline`, which is built once per
+:class:`patchscaler.inference.pipeline.PatchScalerPipeline`, which is built once per
 (sampler, device, dtype) and cached, so repeated calls do not reload weights.
 """
 
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from patchscaler.memory_budget import ChunkSizes, chunk_sizes, parse_memory
-from patchscaler.output_buffer import ArrayOutput
-from patchscaler.outsize import check_output_size, fit_output, target_size
+from patchscaler.inference.memory_budget import ChunkSizes, chunk_sizes, parse_memory
+from patchscaler.inference.output_buffer import ArrayOutput
+from patchscaler.inference.outsize import check_output_size, fit_output, target_size
 from patchscaler.checkpoints import cached, require, set_manifest, weights_root
-from patchscaler.pipeline import PatchScalerPipeline
+from patchscaler.inference.pipeline import PatchScalerPipeline
 from patchscaler.sampling.registry import (
     DEFAULT_MODEL,
     DEFAULT_QUALITY,
@@ -329,7 +329,7 @@ def _from_pil(im: Any, name: str) -> _Item:
     """PIL image → item; the output has the same mode (palette and 1-bit images come
     back as RGB(A)/L, CMYK and other colour spaces as RGB, 32-bit "I"/"F" as such) and
     the input's ICC profile and EXIF in ``info`` (`image_files.keep_pil_info`)."""
-    from patchscaler.image_files import keep_pil_info
+    from patchscaler.imaging.image_files import keep_pil_info
 
     item = _from_pil_pixels(im, name)
     return _Item(item.rgb, item.alpha, lambda hr, a: keep_pil_info(im, item.restore(hr, a)), item.output)
@@ -338,7 +338,7 @@ def _from_pil(im: Any, name: str) -> _Item:
 def _from_pil_pixels(im: Any, name: str) -> _Item:
     from PIL import Image
 
-    from patchscaler.image_files import PALETTE_MODES, flatten_palette
+    from patchscaler.imaging.image_files import PALETTE_MODES, flatten_palette
 
     mode = im.mode
     _check_size(im.height, im.width, name)
@@ -469,7 +469,7 @@ def upscale(
             ``torch.bfloat16`` (also "fp16"/"bf16"); the output keeps the input's dtype.
         max_batch_patches: at most this many 16×16 latent patches (64×64 output pixels)
             go through the denoiser at once; bounds memory (default: the sampler's own).
-        return_groups: also return a :class:`~patchscaler.group_map.GroupMap` per image
+        return_groups: also return a :class:`~patchscaler.inference.group_map.GroupMap` per image
             (group and step count of every patch, confidence map): ``(out, groups)``;
             ``groups`` is a list for batches and lists, a single GroupMap otherwise.
         progress: True: show tqdm progress bars (GRM tiles, denoising); or a callable
@@ -482,12 +482,12 @@ def upscale(
             grows with the width, and the output itself is the area term). It bounds the ×4
             working size, whatever ``outscale``/``width``/``height`` ask for.
         outscale: output scale in (1, 4] instead of 4: the ×4 result resized with an
-            antialiased bicubic filter (`patchscaler.outsize`), e.g. 2 for twice the size.
+            antialiased bicubic filter (`patchscaler.inference.outsize`), e.g. 2 for twice the size.
         width, height: exact output size in pixels instead (at most ×4 of the input);
             given one of them, the other keeps the aspect ratio. Not with ``outscale``.
         memory_budget: bytes (or "6G", "512M") the computation should fit in: sets the
             patches per Patch-DiT call (unless ``max_batch_patches`` is given), the GRM
-            tile and the band height (`patchscaler.memory_budget`). Whatever the budget,
+            tile and the band height (`patchscaler.inference.memory_budget`). Whatever the budget,
             a CUDA out-of-memory error halves the failing step's chunk and retries that
             step only (GroupMap.memory_note says it happened). DiT batches and bands never
             change the result; a smaller GRM tile may, in the last bit, on images it tiles.

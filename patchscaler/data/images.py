@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from patchscaler.image_files import apply_orientation, exif_orientation, read_png16
+from patchscaler.imaging.image_files import apply_orientation, exif_orientation, read_png16
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image", "save_image", "list_images", "modcrop", "to_uint8"]
 

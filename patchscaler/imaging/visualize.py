@@ -1,7 +1,7 @@
 """Pictures of what the sampler did: the group (and step count) of every patch, or the
 GRM's confidence map, over a dimmed copy of the upscaled image, with a legend strip.
 
-    from patchscaler.visualize import group_map_image
+    from patchscaler.imaging.visualize import group_map_image
     hr, gmap = patchscaler.upscale(lr, return_groups=True)
     group_map_image(hr, gmap).save("groups.png")
 
@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from patchscaler.group_map import GroupMap
+from patchscaler.inference.group_map import GroupMap
 
 __all__ = ["group_map_image", "confidence_image", "GROUP_COLOURS"]
 

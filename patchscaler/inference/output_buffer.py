@@ -1,7 +1,7 @@
 """Where the pipeline writes an image's ×s output, band by band.
 
 The pipeline produces an image's HR pixels a band of rows at a time
-(`patchscaler.band_plan`) and hands each band to the image's output buffer with
+(`patchscaler.inference.band_plan`) and hands each band to the image's output buffer with
 ``write(top, rows)``, ``rows [3, r, W]`` float32 in [0, 1] on the pipeline's device. A
 buffer is preallocated at the output's size, so no full-size float image exists unless
 the caller asks for one:
