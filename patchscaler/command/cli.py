@@ -235,23 +235,12 @@ def _plan_jobs(args: argparse.Namespace) -> tuple[list[_Job], Path | None]:
 
 def _groups_picture(out, gmap, path: Path) -> None:
     """The --save-groups picture of one result (``out``: the written array) at ``path``."""
-    import numpy as np
-    import torch
-
     from patchscaler.imaging.image_files import atomic_write
-    from patchscaler.inference.outsize import resize_output
-    from patchscaler.imaging.visualize import group_map_image
+    from patchscaler.imaging.visualize import groups_over_output
 
-    arr = out.astype(np.float32) / (65535.0 if out.dtype == np.uint16 else 255.0)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    rgb = arr[..., :3] if arr.shape[2] >= 3 else np.repeat(arr[..., :1], 3, axis=2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    hr = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-    lr_h, lr_w = gmap.confidence.shape[-2:]
-    hr = resize_output(hr, (lr_h * gmap.scale, lr_w * gmap.scale))  # back to x4 after --outscale
     with atomic_write(path) as tmp:
-        group_map_image(hr, gmap).save(tmp, format="PNG")
+        groups_over_output(out, gmap).save(tmp, format="PNG")
 
 
 # ------------------------------------------------------------------------- the run

@@ -97,28 +97,13 @@ def _preview(arr: np.ndarray):
     """A display copy of an image array of `read_image`'s family: 8-bit PIL image."""
     from PIL import Image
 
-    if arr.dtype == np.uint16:
-        arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    from patchscaler.imaging.convert import requantize
+
+    arr = requantize(arr, np.uint8)
     mode = {2: "L", 3: "RGB", 4: "RGBA"}.get(arr.shape[2] if arr.ndim == 3 else 2, "L")
     if arr.ndim == 3 and arr.shape[2] == 2:
         mode = "LA"
     return Image.fromarray(np.ascontiguousarray(arr), mode)
-
-
-def _group_picture(out: np.ndarray, gmap):
-    """The group map drawn over the ×4 result (at ×4 even when an output scale was asked)."""
-    import torch
-
-    from patchscaler.inference.outsize import resize_output
-    from patchscaler.imaging.visualize import group_map_image
-
-    arr = out.astype(np.float32) / (65535.0 if out.dtype == np.uint16 else 255.0)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    rgb = arr[..., :3] if arr.shape[2] >= 3 else np.repeat(arr[..., :1], 3, axis=2)
-    hr = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-    h, w = gmap.confidence.shape[-2:]
-    return group_map_image(resize_output(hr, (h * gmap.scale, w * gmap.scale)), gmap)
 
 
 def upscale_files(
@@ -149,6 +134,7 @@ def upscale_files(
     from patchscaler.checkpoints import DEFAULT_MODEL, check_model, require
     from patchscaler.command.folder_run import IMAGE_ERRORS, one_line
     from patchscaler.imaging.image_files import read_image, write_image
+    from patchscaler.imaging.visualize import groups_over_output
     from patchscaler.inference.outsize import check_output_size
 
     model = check_model(model or DEFAULT_MODEL)
@@ -187,7 +173,7 @@ def upscale_files(
             write_image(out, res.output, meta)
             res.after = _preview(out)
             res.before = _preview(arr).resize(res.after.size, Image.BICUBIC)
-            res.groups = _group_picture(out, gmap)
+            res.groups = groups_over_output(out, gmap)
             res.input_size = (int(arr.shape[1]), int(arr.shape[0]))
             res.output_size = (int(out.shape[1]), int(out.shape[0]))
             res.summary = gmap.summary()
