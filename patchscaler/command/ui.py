@@ -200,28 +200,19 @@ def stats_markdown(results: Sequence[Result]) -> str:
     return "\n".join(rows)
 
 
-def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = None):
-    """The page (a `gradio.Blocks`). ``initial``: results to show when it opens;
-    ``max_megapixels``: refuse uploads whose ×4 output is larger (`upscale_files`)."""
+def _show(results: list[Result], name: str | None):
+    """The slider, group map and download for the result called ``name``."""
+    ok = [r for r in results if r.error is None]
+    r = next((r for r in ok if r.name == name), ok[0] if ok else None)
+    if r is None:
+        return None, None
+    return (r.before, r.after), r.groups
+
+
+def _runner(max_megapixels: float | None):
+    """The page's Upscale handler: the files through `upscale_files`, the progress into
+    Gradio's bar, failures as Gradio errors and warnings."""
     import gradio as gr
-
-    from patchscaler.checkpoints import DEFAULT_MODEL
-    from patchscaler.sampling.pgs import QUALITY_PRESETS
-    from patchscaler.sampling.registry import DEFAULT_QUALITY
-
-    sets = model_sets()
-    first_model = DEFAULT_MODEL if DEFAULT_MODEL in sets else (sets[0] if sets else DEFAULT_MODEL)
-    first_samplers = samplers_for(first_model)
-    first_sampler = default_sampler_for(first_model)
-    ok0 = [r for r in initial if r.error is None]
-
-    def show(results: list[Result], name: str | None):
-        """The slider, group map and download for the result called ``name``."""
-        ok = [r for r in results if r.error is None]
-        r = next((r for r in ok if r.name == name), ok[0] if ok else None)
-        if r is None:
-            return None, None
-        return (r.before, r.after), r.groups
 
     def run(files, model, sampler, quality, outscale, seed, progress=gr.Progress()):
         if not files:
@@ -246,7 +237,7 @@ def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = Non
             raise gr.Error(" · ".join(f"{r.name}: {r.error}" for r in failed))
         for r in failed:
             gr.Warning(f"{r.name}: {r.error}")
-        slider, groups = show(results, ok[0].name)
+        slider, groups = _show(results, ok[0].name)
         return (
             results,
             gr.update(choices=[r.name for r in ok], value=ok[0].name, visible=len(ok) > 1),
@@ -255,6 +246,26 @@ def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = Non
             stats_markdown(results),
             [str(r.output) for r in ok],
         )
+
+    return run
+
+
+def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = None):
+    """The page (a `gradio.Blocks`). ``initial``: results to show when it opens;
+    ``max_megapixels``: refuse uploads whose ×4 output is larger (`upscale_files`)."""
+    import gradio as gr
+
+    from patchscaler.checkpoints import DEFAULT_MODEL
+    from patchscaler.sampling.pgs import QUALITY_PRESETS
+    from patchscaler.sampling.registry import DEFAULT_QUALITY
+
+    sets = model_sets()
+    first_model = DEFAULT_MODEL if DEFAULT_MODEL in sets else (sets[0] if sets else DEFAULT_MODEL)
+    first_samplers = samplers_for(first_model)
+    first_sampler = default_sampler_for(first_model)
+    ok0 = [r for r in initial if r.error is None]
+
+    show, run = _show, _runner(max_megapixels)
 
     def on_model(model):
         choices = samplers_for(model)
