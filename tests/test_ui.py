@@ -1,4 +1,4 @@
-"""The web app (patchscaler/ui.py): the request function alone, then the real server in a
+"""The web app (patchscaler/command/ui.py): the request function alone, then the real server in a
 subprocess driven through gradio_client as the page drives it, then (when Debian's
 chromium is installed) the page rendered in a headless browser.
 
