@@ -201,7 +201,8 @@ def stats_markdown(results: Sequence[Result]) -> str:
 
 
 def _show(results: list[Result], name: str | None):
-    """The slider, group map and download for the result called ``name``."""
+    """The before/after pair and the group map of the result called ``name`` (the first
+    successful one if none is), or (None, None)."""
     ok = [r for r in results if r.error is None]
     r = next((r for r in ok if r.name == name), ok[0] if ok else None)
     if r is None:
