@@ -80,15 +80,15 @@ setup(
     package_dir={"patchscaler.kernels": "kernels"},
     package_data={"patchscaler": ["weights/*/*.safetensors", "weights/*/*.json", "metrics/*.safetensors", "metrics/*.txt", "examples/*.png", "examples/*.md"]},
     python_requires=">=3.10",
-    # pypng: 16-bit PNGs, which Pillow cannot write (see patchscaler/image_files.py)
+    # pypng: 16-bit PNGs, which Pillow cannot write (see patchscaler/imaging/image_files.py)
     install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tqdm", "pypng"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "gradio", "gradio_client"],
-        # the local web app, patchscaler-ui (patchscaler/ui.py)
+        # the local web app, patchscaler-ui (patchscaler/command/ui.py)
         "ui": ["gradio"],
     },
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["patchscaler=patchscaler.cli:main", "patchscaler-ui=patchscaler.ui:main"]},
+    entry_points={"console_scripts": ["patchscaler=patchscaler.command.cli:main", "patchscaler-ui=patchscaler.command.ui:main"]},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -17,7 +17,7 @@ import torch
 
 from patchscaler.eval import _load_pair, find_dataset
 from patchscaler.models.grm import load_grm
-from patchscaler.patch_plan import plan_patches
+from patchscaler.inference.patch_plan import plan_patches
 from patchscaler.sampling.pgs import PRESET_MAX_SHARE, PGSConfig, assign_groups, patch_qmap
 
 DEFAULT_DATA = [f"../shared/data/benchmark/{name}" for name in ("Set5", "Set14", "B100")]

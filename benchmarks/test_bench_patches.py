@@ -41,7 +41,7 @@ from patchscaler.ops.patches import (
     reference_blend_patches,
     reference_gather_patches,
 )
-from patchscaler.patch_plan import plan_patches
+from patchscaler.inference.patch_plan import plan_patches
 
 PATCH, OVERLAP = 16, 4
 STRIDE = PATCH - OVERLAP

@@ -72,7 +72,7 @@ void check_origins_range(const char* op, const at::Tensor& origins, int64_t B, i
                 ") is out of range for ", image, " [B=", B, ", H=", H, ", W=", W,
                 "] and patch ", ph, "x", pw, ": need 0 <= b < ", B, ", 0 <= y <= ", H - ph,
                 ", 0 <= x <= ", W - pw,
-                " (pad images smaller than a patch, see patchscaler.patch_plan)");
+                " (pad images smaller than a patch, see patchscaler.inference.patch_plan)");
   }
 }
 
@@ -89,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor> check_gather_args(
   TORCH_CHECK(ph > 0 && pw > 0, op, ": ph and pw must be > 0, got ph=", ph, ", pw=", pw);
   TORCH_CHECK(ph <= x.size(2) && pw <= x.size(3), op, ": patch ", ph, "x", pw,
               " is larger than x of shape ", shape_str(x),
-              " (pad the image to at least one patch, see patchscaler.patch_plan.pad_to_patch)");
+              " (pad the image to at least one patch, see patchscaler.inference.patch_plan.pad_to_patch)");
   auto o = origins.contiguous();
   check_origins_range(op, o, x.size(0), x.size(2), x.size(3), ph, pw, "x");
   return {x.contiguous(), o};
@@ -112,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> check_blend_args(
   TORCH_CHECK(ph > 0 && pw > 0, op, ": patches must have ph, pw > 0, got shape ",
               shape_str(patches));
   TORCH_CHECK(ph <= H && pw <= W, op, ": patch ", ph, "x", pw, " is larger than the output ",
-              H, "x", W, " (pad the image to at least one patch, see patchscaler.patch_plan)");
+              H, "x", W, " (pad the image to at least one patch, see patchscaler.inference.patch_plan)");
   at::Tensor win;
   if (window != nullptr) {
     TORCH_CHECK(window->dim() == 2 && window->size(0) == ph && window->size(1) == pw, op,

@@ -17,7 +17,7 @@
 // Inputs need not be contiguous (they are made so); out= tensors must be
 // contiguous, of the exact shape and dtype, and must not overlap the inputs.
 // Every patch must lie inside its image: 0 <= b < B, 0 <= y <= H-ph,
-// 0 <= x <= W-pw (pad small images first, see patchscaler/patch_plan.py).
+// 0 <= x <= W-pw (pad small images first, see patchscaler/inference/patch_plan.py).
 #pragma once
 
 #include <ATen/core/Tensor.h>

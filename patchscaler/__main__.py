@@ -2,6 +2,6 @@
 
 import sys
 
-from patchscaler.cli import main
+from patchscaler.command.cli import main
 
 sys.exit(main())

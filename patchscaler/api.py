@@ -5,8 +5,9 @@
     hr_pil = patchscaler.upscale(Image.open(path))   # PIL in → PIL out
     hr, groups = patchscaler.upscale(lr, return_groups=True)
 
-This module only checks and converts inputs and outputs; the work happens in
-:class:`patchscaler.pipeline.PatchScalerPipeline`, which is built once per
+This module checks the options; `patchscaler.imaging.convert` turns the inputs into
+float RGB and the results back into the input's kind; the work happens in
+:class:`patchscaler.inference.pipeline.PatchScalerPipeline`, which is built once per
 (sampler, device, dtype) and cached, so repeated calls do not reload weights.
 """
 
@@ -14,18 +15,17 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from patchscaler.memory_budget import ChunkSizes, chunk_sizes, parse_memory
-from patchscaler.output_buffer import ArrayOutput
-from patchscaler.outsize import check_output_size, fit_output, target_size
+from patchscaler.inference.memory_budget import ChunkSizes, chunk_sizes, parse_memory
+from patchscaler.inference.outsize import check_output_size, fit_output, target_size
+from patchscaler.imaging.convert import to_items, upscale_alpha
 from patchscaler.checkpoints import cached, require, set_manifest, weights_root
-from patchscaler.pipeline import PatchScalerPipeline
+from patchscaler.inference.pipeline import PatchScalerPipeline
 from patchscaler.sampling.registry import (
     DEFAULT_MODEL,
     DEFAULT_QUALITY,
@@ -40,8 +40,6 @@ from patchscaler.sampling.registry import (
 __all__ = ["upscale", "SUPPORTED_SCALES", "check_options", "default_sampler", "get_pipeline"]
 
 SUPPORTED_SCALES = (4,)
-# Inputs in [0, 1] that went through fp16/bf16 arithmetic can land a little outside.
-RANGE_TOLERANCE = 1e-3
 
 _DTYPE_NAMES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
@@ -211,202 +209,6 @@ def get_pipeline(
     ))
 
 
-# --------------------------------------------------------------- input conversion
-
-
-@dataclass
-class _Item:
-    """One image converted for the pipeline and how to turn its result back.
-
-    ``rgb``: float32 ``[3, h, w]`` in [0, 1] (CPU or the input's device);
-    ``alpha``: float32 ``[1, h, w]`` or None; ``restore(hr, alpha_hr)`` gives the output
-    in the input's kind from ``hr``: a float ``[3, 4h, 4w]`` tensor, or the buffer
-    ``output(4h, 4w)`` made (an `ArrayOutput` the pipeline fills band by band, so array
-    and PIL outputs never exist as a full-size float image).
-    """
-
-    rgb: Tensor
-    alpha: Tensor | None
-    restore: Callable[[Any, Tensor | None], Any]
-    output: Callable[[int, int], ArrayOutput] | None = None
-
-
-def _check_float_values(t: Tensor, name: str) -> None:
-    if t.numel() == 0:
-        return
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    lo, hi = float(t.min()), float(t.max())
-    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-        raise ValueError(
-            f"{name} must hold values in [0, 1], got min {lo:.4g}, max {hi:.4g} "
-            "(divide 8-bit data by 255)"
-        )
-
-
-def _check_size(h: int, w: int, name: str) -> None:
-    if h == 0 or w == 0:
-        raise ValueError(f"{name} is empty (height {h}, width {w})")
-
-
-def _from_tensor(x: Tensor, name: str) -> tuple[list[_Item], bool]:
-    """Tensor ``[3,H,W]`` / ``[B,3,H,W]`` float in [0,1] → items; returns (items, batched)."""
-    if not torch.is_floating_point(x):
-        raise TypeError(
-            f"{name} must be a float tensor with values in [0, 1], got dtype {x.dtype} "
-            "(for 8-bit data use x.float() / 255)"
-        )
-    if x.dim() not in (3, 4):
-        raise ValueError(f"{name} must have shape [3, H, W] or [B, 3, H, W], got {tuple(x.shape)}")
-    if x.shape[-3] != 3:
-        raise ValueError(
-            f"{name} must have 3 (RGB) channels in dim {x.dim() - 3}, got shape {tuple(x.shape)} "
-            "(repeat a greyscale channel with x.expand(..., 3, H, W))"
-        )
-    if x.dim() == 4 and x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
-    _check_size(x.shape[-2], x.shape[-1], name)
-    _check_float_values(x.detach(), name)
-    batched = x.dim() == 4
-    xb = x.detach() if batched else x.detach().unsqueeze(0)
-    out_dtype, out_device = x.dtype, x.device
-
-    def restore(hr: Tensor, alpha: Tensor | None) -> Tensor:
-        return hr.to(device=out_device, dtype=out_dtype)
-
-    items = [_Item(img.float().clamp(0, 1), None, restore) for img in xb]
-    return items, batched
-
-
-def _from_numpy(a: np.ndarray, name: str) -> _Item:
-    """Channels-last array → item: ``[H,W]`` or ``[H,W,1]`` grey, ``[H,W,2]`` grey + alpha,
-    ``[H,W,3]`` RGB, ``[H,W,4]`` RGBA; uint8, uint16, or float in [0, 1].
-
-    The output has the same dtype, layout and channels.
-    """
-    if a.dtype == np.uint8:
-        peak = 255.0
-    elif a.dtype == np.uint16:
-        peak = 65535.0
-    elif a.dtype in (np.float16, np.float32, np.float64):
-        peak = None
-    else:
-        raise TypeError(f"{name} must be a uint8, uint16 or float array, got dtype {a.dtype}")
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 2, 3, 4)):
-        raise ValueError(
-            f"{name} must be an array of shape [H, W], [H, W, 3] or [H, W, 4] (channels last), got {a.shape}"
-        )
-    _check_size(a.shape[0], a.shape[1], name)
-    t = torch.from_numpy(np.ascontiguousarray(a).astype(np.float32))
-    if peak is not None:
-        t = t / peak
-    else:
-        _check_float_values(t, name)
-        t = t.clamp(0, 1)
-    chw = (t if t.dim() == 3 else t[..., None]).permute(2, 0, 1)
-    colour = 3 if chw.shape[0] >= 3 else 1
-    rgb = chw[:colour].expand(3, -1, -1).contiguous()
-    alpha = chw[colour:colour + 1].contiguous() if chw.shape[0] in (2, 4) else None
-    in_dtype, squeeze = a.dtype, a.ndim == 2
-
-    def output(height: int, width: int) -> ArrayOutput:
-        # Greyscale in → the mean of the three output channels (the model works in RGB).
-        return ArrayOutput(height, width, in_dtype, grey=colour == 1, alpha=alpha is not None)
-
-    def restore(hr: Tensor | ArrayOutput, alpha_hr: Tensor | None) -> np.ndarray:
-        if isinstance(hr, Tensor):  # resized (outscale): quantized here, all at once
-            buf = output(*hr.shape[-2:])
-            buf.write(0, hr)
-            hr = buf
-        if alpha_hr is not None:
-            hr.write_alpha(alpha_hr)
-        return np.ascontiguousarray(hr.array[..., 0]) if squeeze else hr.array  # no copy: the last axis is 1
-
-    return _Item(rgb, alpha, restore, output)
-
-
-def _from_pil(im: Any, name: str) -> _Item:
-    """PIL image → item; the output has the same mode (palette and 1-bit images come
-    back as RGB(A)/L, CMYK and other colour spaces as RGB, 32-bit "I"/"F" as such) and
-    the input's ICC profile and EXIF in ``info`` (`image_files.keep_pil_info`)."""
-    from patchscaler.image_files import keep_pil_info
-
-    item = _from_pil_pixels(im, name)
-    return _Item(item.rgb, item.alpha, lambda hr, a: keep_pil_info(im, item.restore(hr, a)), item.output)
-
-
-def _from_pil_pixels(im: Any, name: str) -> _Item:
-    from PIL import Image
-
-    from patchscaler.image_files import PALETTE_MODES, flatten_palette
-
-    mode = im.mode
-    _check_size(im.height, im.width, name)
-    if mode.startswith("I;16"):
-        item = _from_numpy(np.asarray(im).astype(np.uint16), name)
-        return _Item(item.rgb, None, lambda hr, a: Image.fromarray(item.restore(hr, None)), item.output)  # uint16 → I;16
-    if mode in ("I", "F"):
-        # "I" from PIL is how 16-bit greyscale PNGs often open: values 0..65535.
-        peak = 65535.0 if mode == "I" else 1.0
-        arr = (np.asarray(im).astype(np.float64) / peak).clip(0, 1).astype(np.float32)
-        item = _from_numpy(arr, name)
-
-        def restore_if(hr: Tensor, a: Tensor | None) -> Any:
-            out = item.restore(hr, None).astype(np.float64) * peak
-            return Image.fromarray(np.floor(out + 0.5).astype(np.int32) if mode == "I" else out.astype(np.float32))
-
-        return _Item(item.rgb, None, restore_if, item.output)
-    if mode in PALETTE_MODES:
-        im = flatten_palette(im)
-    elif mode not in ("L", "LA", "RGB", "RGBA"):
-        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX: out as RGB
-    out_mode = im.mode
-    item = _from_numpy(np.asarray(im), name)
-    return _Item(item.rgb, item.alpha, lambda hr, a: Image.fromarray(item.restore(hr, a), out_mode), item.output)
-
-
-def _is_pil(x: Any) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        return False
-    return isinstance(x, Image.Image)
-
-
-def _to_items(x: Any, name: str) -> tuple[list[_Item], str]:
-    """Returns the items and how to pack the results: "single", "batch" or "list"."""
-    if isinstance(x, Tensor):
-        items, batched = _from_tensor(x, name)
-        return items, ("batch" if batched else "single")
-    if isinstance(x, np.ndarray):
-        return [_from_numpy(x, name)], "single"
-    if _is_pil(x):
-        return [_from_pil(x, name)], "single"
-    if isinstance(x, (list, tuple)):
-        if len(x) == 0:
-            raise ValueError(f"{name} is an empty list")
-        items = []
-        for i, xi in enumerate(x):
-            if isinstance(xi, (list, tuple)):
-                raise TypeError(f"{name}[{i}] is a {type(xi).__name__}; nested lists are not supported")
-            sub, kind = _to_items(xi, f"{name}[{i}]")
-            if kind == "batch":
-                raise ValueError(f"{name}[{i}] is a batch; a list must hold single images ([3, H, W])")
-            items.extend(sub)
-        return items, "list"
-    raise TypeError(
-        f"{name} must be a torch.Tensor, PIL.Image.Image, numpy array, or a list of them; "
-        f"got {type(x).__name__}"
-    )
-
-
-def _upscale_alpha(alpha: Tensor, scale: int) -> Tensor:
-    """Alpha is not an image the model knows: MATLAB bicubic ×scale, clamped. ``[1,h,w]`` → ``[1,sh,sw]``."""
-    from patchscaler.data.resize import bicubic_upscale
-
-    return bicubic_upscale(alpha.float(), scale).clamp(0, 1)
-
-
 # ------------------------------------------------------------------------- upscale
 
 
@@ -469,7 +271,7 @@ def upscale(
             ``torch.bfloat16`` (also "fp16"/"bf16"); the output keeps the input's dtype.
         max_batch_patches: at most this many 16×16 latent patches (64×64 output pixels)
             go through the denoiser at once; bounds memory (default: the sampler's own).
-        return_groups: also return a :class:`~patchscaler.group_map.GroupMap` per image
+        return_groups: also return a :class:`~patchscaler.inference.group_map.GroupMap` per image
             (group and step count of every patch, confidence map): ``(out, groups)``;
             ``groups`` is a list for batches and lists, a single GroupMap otherwise.
         progress: True: show tqdm progress bars (GRM tiles, denoising); or a callable
@@ -482,12 +284,12 @@ def upscale(
             grows with the width, and the output itself is the area term). It bounds the ×4
             working size, whatever ``outscale``/``width``/``height`` ask for.
         outscale: output scale in (1, 4] instead of 4: the ×4 result resized with an
-            antialiased bicubic filter (`patchscaler.outsize`), e.g. 2 for twice the size.
+            antialiased bicubic filter (`patchscaler.inference.outsize`), e.g. 2 for twice the size.
         width, height: exact output size in pixels instead (at most ×4 of the input);
             given one of them, the other keeps the aspect ratio. Not with ``outscale``.
         memory_budget: bytes (or "6G", "512M") the computation should fit in: sets the
             patches per Patch-DiT call (unless ``max_batch_patches`` is given), the GRM
-            tile and the band height (`patchscaler.memory_budget`). Whatever the budget,
+            tile and the band height (`patchscaler.inference.memory_budget`). Whatever the budget,
             a CUDA out-of-memory error halves the failing step's chunk and retries that
             step only (GroupMap.memory_note says it happened). DiT batches and bands never
             change the result; a smaller GRM tile may, in the last bit, on images it tiles.
@@ -512,7 +314,7 @@ def upscale(
     chunks = chunk_sizes(parse_memory(memory_budget)) if memory_budget is not None else None
     if chunks is not None and max_batch_patches is None:
         max_batch_patches = chunks.max_batch_patches
-    items, packing = _to_items(x, "x")
+    items, packing = to_items(x, "x")
 
     fallback = items[0].rgb.device if isinstance(x, Tensor) else (
         torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -547,7 +349,7 @@ def upscale(
     )
     outs, groups = [], []
     for item, size, (hr, gmap) in zip(items, sizes, results):
-        alpha_hr = _upscale_alpha(item.alpha, scale) if item.alpha is not None else None
+        alpha_hr = upscale_alpha(item.alpha, scale) if item.alpha is not None else None
         if isinstance(hr, Tensor):
             hr, alpha_hr = fit_output(hr, alpha_hr, size)
         outs.append(item.restore(hr, alpha_hr))

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from patchscaler.data.images import load_image
 from patchscaler.data.resize import bicubic_upscale
+from patchscaler.imaging.convert import tensor_to_uint8
 from patchscaler.examples import EXAMPLE_LR
 from make_example import CROP_LEFT, CROP_SIZE, CROP_TOP, DEFAULT_PHOTO, REPO_ROOT  # scripts/make_example.py
 
@@ -35,7 +36,7 @@ LABEL_HEIGHT = 22
 def _panel(img: torch.Tensor, label: str) -> Image.Image:
     left, top, w, h = REGION
     crop = img[:, top : top + h, left : left + w].clamp(0, 1)
-    arr = (crop.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    arr = tensor_to_uint8(crop)
     pic = Image.fromarray(arr).resize((w * ZOOM, h * ZOOM), Image.NEAREST)
     out = Image.new("RGB", (pic.width, pic.height + LABEL_HEIGHT), (24, 24, 24))
     out.paste(pic, (0, LABEL_HEIGHT))

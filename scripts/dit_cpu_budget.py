@@ -52,7 +52,7 @@ import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
 from patchscaler.models.dit import PatchDiT, PatchDiTConfig
 from patchscaler.models.rtm import ReferenceTextureMemory
 from patchscaler.models.texture import TextureEncoder
-from patchscaler.patch_plan import plan_patches
+from patchscaler.inference.patch_plan import plan_patches
 from patchscaler.sampling.denoiser import DiTDenoiser
 from patchscaler.sampling.pgs import PGSConfig, PGSSampler, UniformSampler, assign_groups, patch_qmap
 
@@ -382,7 +382,7 @@ def section_train(rep: Report, threads: list[int], configs: list[PatchDiTConfig]
 def section_e2e(rep: Report, threads: list[int], cfg: PatchDiTConfig, fractions: tuple, images_per_size: int,
                 rounds: int, uniform: bool) -> None:
     from patchscaler.models.grm import load_grm
-    from patchscaler.pipeline import PatchScalerPipeline
+    from patchscaler.inference.pipeline import PatchScalerPipeline
 
     groups = PGSConfig().groups
     rep(f"## End to end: PatchScalerPipeline, shipped GRM + random DiT {cfg.width}/{cfg.depth}/p{cfg.patch_size} "

@@ -70,7 +70,7 @@ def fake_models(weights_dir, monkeypatch):
     ``"qualities"`` (the preset each sampler was built with).
     """
     import patchscaler.api as api
-    import patchscaler.pipeline as pipeline
+    import patchscaler.inference.pipeline as pipeline
 
     state = _FakeModels(weights_dir)
     write_model_set(weights_dir, "bicubic", dit=False)

@@ -16,10 +16,10 @@ from PIL import Image
 
 import patchscaler
 import patchscaler.api as api
-import patchscaler.pipeline as pipeline
+import patchscaler.inference.pipeline as pipeline
 from patchscaler import checkpoints
 from patchscaler.data.resize import bicubic_upscale
-from patchscaler.pipeline import GroupMap, WeightsNotAvailableError
+from patchscaler.inference.pipeline import GroupMap, WeightsNotAvailableError
 
 from helpers import banded_image, write_model_set
 
@@ -286,7 +286,7 @@ def test_quality_presets_with_the_shipped_models():
 
 
 def test_info_reports_build_and_shipped_weights(capsys):
-    from patchscaler import info
+    from patchscaler.command import info
 
     d = info.build_info()
     assert set(d["op_kernels"]) >= {"gather_patches", "blend_patches", "group_denoise_step", "topk_retrieve"}

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchscaler.cli import main
-from patchscaler.image_files import read_image, write_image
+from patchscaler.command.cli import main
+from patchscaler.imaging.image_files import read_image, write_image
 
 from helpers import write_model_set
 
@@ -219,7 +219,7 @@ def test_example_module_runs_offline(fake_models, tmp_path):
 
 
 def test_console_script_help():
-    res = subprocess.run([sys.executable, "-m", "patchscaler.cli", "--help"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "patchscaler.command.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "--save-groups" in res.stdout and "--bf16" in res.stdout
 
 

@@ -1,4 +1,4 @@
-"""The command's progress inside an image (`patchscaler.progress_bars.ImageBar`), the API's
+"""The command's progress inside an image (`patchscaler.command.progress_bars.ImageBar`), the API's
 errors in the command's spelling, and the folder summary that always says what was
 written, kept and failed."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchscaler import cli
-from patchscaler.progress_bars import ImageBar
+from patchscaler.command import cli
+from patchscaler.command.progress_bars import ImageBar
 
 
 class Recorder:

@@ -67,7 +67,7 @@ def test_lazy_package_attributes_keep_the_documented_imports():
 def test_idle_threads_sleep_unless_the_user_chose(given, expected):
     # Spinning OpenMP threads collapsed the example under load (benchmarks/results/threads-under-load.md):
     # the command sets the wait policy before the first torch import, keeping a user's own choice.
-    code = ("import os, sys; from patchscaler import cli; assert 'torch' not in sys.modules; "
+    code = ("import os, sys; from patchscaler.command import cli; assert 'torch' not in sys.modules; "
             "code = cli.main(['missing.png', '--sampler', 'none']); "
             "print(code, os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}

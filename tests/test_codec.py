@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from patchscaler.codec import PixelUnshuffleCodec
+from patchscaler.inference.codec import PixelUnshuffleCodec
 
 
 @pytest.mark.parametrize("scale", [2, 4])

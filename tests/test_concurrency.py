@@ -14,7 +14,7 @@ import torch
 
 import patchscaler
 from patchscaler import checkpoints
-from patchscaler.pipeline import PatchScalerPipeline
+from patchscaler.inference.pipeline import PatchScalerPipeline
 
 from helpers import banded_image, tiny_grm, tiny_sampler
 

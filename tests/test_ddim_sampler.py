@@ -80,7 +80,7 @@ def test_upscale_by_name_presets_set_the_budget(fake_models):
 
 
 def test_command_line_runs_it(fake_models, tmp_path):
-    from patchscaler.cli import main
+    from patchscaler.command.cli import main
 
     src = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 10, 3), dtype=np.uint8)).save(src)

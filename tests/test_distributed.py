@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch.multiprocessing as mp
 
-from patchscaler.distributed import shard_by_cost
-from patchscaler.folder_run import run_jobs
+from patchscaler.command.distributed import shard_by_cost
+from patchscaler.command.folder_run import run_jobs
 
 
 @dataclass
@@ -88,7 +88,7 @@ def _free_port() -> int:
 def _rank_main(rank: int, world: int, port: int, tmp: str, queue, shard: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    from patchscaler.distributed import from_env
+    from patchscaler.command.distributed import from_env
 
     ctx = from_env("cpu")
     jobs = [Job(Path(tmp) / "in" / f"{i:02d}.png", Path(tmp) / "out" / f"{i:02d}.txt") for i in range(7)]
@@ -119,7 +119,7 @@ def test_two_gloo_ranks_split_the_folder_and_gather_failures(tmp_path, shard):
     done0, done1 = got[0][0], got[1][0]
     assert not set(done0) & set(done1)
     if shard == "static":  # the fixed pixel-balanced split
-        from patchscaler.folder_run import pixel_cost
+        from patchscaler.command.folder_run import pixel_cost
 
         costs = [pixel_cost(j.src) for j in jobs]
         assert done0 == [str(jobs[i].src) for i in shard_by_cost(costs, 2, 0)]

@@ -158,7 +158,7 @@ def test_method_stats_are_summed(image_folder, identity_method):
 def test_confidence_spearman_with_a_stand_in_grm(tmp_path, monkeypatch):
     """Bicubic error is largest where the LR has strong gradients, so a confidence that
     falls with the local gradient must correlate negatively with the tile error."""
-    from patchscaler.codec import PixelUnshuffleCodec
+    from patchscaler.inference.codec import PixelUnshuffleCodec
     from patchscaler.models import grm
 
     # Texture whose strength varies smoothly across the image (flat left, busy right).

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from helpers import write_model_set
-from patchscaler.cli import main
+from patchscaler.command.cli import main
 
 
 def _folder(tmp_path, n=6, broken=True):

@@ -22,7 +22,7 @@ try:  # the fixture lives in conftest.py once the weights refactor lands
 except ImportError:  # pragma: no cover
     pass
 
-TOL = 1e-3  # patchscaler.api.RANGE_TOLERANCE
+TOL = 1e-3  # patchscaler.imaging.convert.RANGE_TOLERANCE
 TORCH_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8, torch.int64, torch.bool]
 NP_DTYPES = [np.uint8, np.uint16, np.float16, np.float32, np.float64, np.int32, np.int8, np.bool_]
 RANGES = [(0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (-0.5, 1.0), (0.0, 2.0), (0.0, 255.0)]

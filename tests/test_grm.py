@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from patchscaler.codec import PixelUnshuffleCodec
+from patchscaler.inference.codec import PixelUnshuffleCodec
 from patchscaler.data.resize import bicubic_upscale
 from patchscaler.checkpoints import weights_file
 from patchscaler.models.grm import GRM, GRMConfig, load_grm

@@ -181,7 +181,7 @@ def test_cli_prints_one_line_for_the_reruns(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
     from patchscaler.checkpoints import clear
-    from patchscaler.cli import main
+    from patchscaler.command.cli import main
 
     _overflowing_set(tmp_path / "w")
     monkeypatch.setenv("PATCHSCALER_WEIGHTS", str(tmp_path / "w"))

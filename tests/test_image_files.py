@@ -1,4 +1,4 @@
-"""Image files (`patchscaler.image_files`) and the command on them: 16-bit PNGs exact
+"""Image files (`patchscaler.imaging.image_files`) and the command on them: 16-bit PNGs exact
 (pypng), ICC profile / EXIF / PNG text kept, EXIF orientation applied, every kind of bad
 input a one-line error with nothing written, and writes that never leave a partial file."""
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
-from patchscaler.cli import main
-from patchscaler.image_files import ImageMeta, ImageTooLargeError, read_image, write_image
+from patchscaler.command.cli import main
+from patchscaler.imaging.image_files import ImageMeta, ImageTooLargeError, read_image, write_image
 
 try:  # the fixture lives in conftest.py once the weights refactor lands
     from test_api import fake_models  # noqa: F401
@@ -242,7 +242,7 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path, monkeypatc
 
 
 def test_failed_upscale_writes_nothing(fake_models, tmp_path, capsys, monkeypatch):
-    import patchscaler.cli as cli
+    import patchscaler.command.cli as cli
 
     Image.fromarray(_rgb(4, 4)).save(tmp_path / "a.png")
 

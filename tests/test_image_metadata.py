@@ -13,7 +13,7 @@ from PIL import Image, ImageCms, ImageOps
 from helpers import write_model_set
 
 from patchscaler.data.images import load_image
-from patchscaler.image_files import read_image, write_image
+from patchscaler.imaging.image_files import read_image, write_image
 
 ORIENTATION, MAKE = 0x0112, 0x010F
 

@@ -1,4 +1,4 @@
-"""Memory budget (`patchscaler.memory_budget`) and out-of-memory halving: a step that
+"""Memory budget (`patchscaler.inference.memory_budget`) and out-of-memory halving: a step that
 runs out of memory is retried in halves (never the whole image) with the same result.
 There is no GPU here, so the out-of-memory errors are injected: models that raise
 `torch.OutOfMemoryError` on inputs above a size, as CUDA would."""
@@ -11,9 +11,9 @@ from PIL import Image
 
 import numpy as np
 
-from patchscaler.cli import main
-from patchscaler.memory_budget import MIN_BUDGET, chunk_sizes, parse_memory
-from patchscaler.pipeline import PatchScalerPipeline
+from patchscaler.command.cli import main
+from patchscaler.inference.memory_budget import MIN_BUDGET, chunk_sizes, parse_memory
+from patchscaler.inference.pipeline import PatchScalerPipeline
 from patchscaler.sampling import DiTDenoiser, PGSSampler
 from patchscaler.sampling.denoiser import DiTDenoiser as _DiTDenoiser
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import patchscaler
-from patchscaler.cli import main
+from patchscaler.command.cli import main
 
 try:  # the fixture lives in conftest.py once the weights refactor lands
     from test_api import fake_models  # noqa: F401

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from helpers import DEVICES
 from patchscaler.ops.patches import blend_patches, gather_patches
-from patchscaler.patch_plan import (
+from patchscaler.inference.patch_plan import (
     axis_origins,
     batch_origins,
     blend_window,

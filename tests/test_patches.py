@@ -261,7 +261,7 @@ def test_gradcheck(device):
 
 
 def test_torch_compile_fullgraph():
-    from patchscaler.patch_plan import plan_patches
+    from patchscaler.inference.patch_plan import plan_patches
 
     plan = plan_patches(20, 23, patch=8, overlap=2)
     origins, window = plan.batch_origins(2), plan.window()
@@ -335,7 +335,7 @@ def test_blend_allocates_no_patch_sized_temporaries():
     code = textwrap.dedent(
         """
         import gc, torch, patchscaler
-        from patchscaler.patch_plan import plan_patches
+        from patchscaler.inference.patch_plan import plan_patches
         def rss(key):
             for line in open("/proc/self/status"):
                 if line.startswith(key):

@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from patchscaler.codec import PixelUnshuffleCodec
-from patchscaler.pipeline import GroupMap, PatchScalerPipeline, WeightsNotAvailableError, build_sampler
+from patchscaler.inference.codec import PixelUnshuffleCodec
+from patchscaler.inference.pipeline import GroupMap, PatchScalerPipeline, WeightsNotAvailableError, build_sampler
 from patchscaler.sampling import PGSSampler
 
 from helpers import PGS_TEST_CONFIG, banded_image, tiny_grm, tiny_sampler, write_model_set

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import patchscaler
-from patchscaler.pipeline import PatchScalerPipeline
+from patchscaler.inference.pipeline import PatchScalerPipeline
 
 from helpers import banded_image, tiny_grm, tiny_sampler
 

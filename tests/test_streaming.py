@@ -1,4 +1,4 @@
-"""Streaming over bands (`patchscaler.band_plan`, `patchscaler.output_buffer`): the
+"""Streaming over bands (`patchscaler.inference.band_plan`, `patchscaler.inference.output_buffer`): the
 result is bit-identical to the one-band (unstreamed) run, and what goes through the
 sampler at once is bounded by the band budget, not by the image's height."""
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import patchscaler
-from patchscaler.band_plan import band_patch_rows, plan_bands
-from patchscaler.output_buffer import ArrayOutput
-from patchscaler.patch_plan import plan_patches
-from patchscaler.pipeline import PatchScalerPipeline
+from patchscaler.inference.band_plan import band_patch_rows, plan_bands
+from patchscaler.inference.output_buffer import ArrayOutput
+from patchscaler.inference.patch_plan import plan_patches
+from patchscaler.inference.pipeline import PatchScalerPipeline
 
 from helpers import banded_image, tiny_grm, tiny_sampler
 

@@ -93,7 +93,7 @@ def test_train_resume_export_init(photos, tmp_path):
 @pytest.mark.filterwarnings("ignore:using an untrained GRM")
 def test_texture_report_dense_pairs(photos, tmp_path, capsys):
     """The texture trainer's --report: the dense same-photo grid pairs are the right crops."""
-    from patchscaler.codec import PixelUnshuffleCodec
+    from patchscaler.inference.codec import PixelUnshuffleCodec
     from patchscaler.data.dataset import PairPool
     from patchscaler.train.patch_pairs import load_frozen_grm
     from patchscaler.train import texture

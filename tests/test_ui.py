@@ -1,4 +1,4 @@
-"""The web app (patchscaler/ui.py): the request function alone, then the real server in a
+"""The web app (patchscaler/command/ui.py): the request function alone, then the real server in a
 subprocess driven through gradio_client as the page drives it, then (when Debian's
 chromium is installed) the page rendered in a headless browser.
 
@@ -29,8 +29,8 @@ else:
     pytest.importorskip("gradio")
     gradio_client = pytest.importorskip("gradio_client")
 
-from patchscaler.image_files import read_image  # noqa: E402
-from patchscaler.ui import TITLE, upscale_files  # noqa: E402
+from patchscaler.imaging.image_files import read_image  # noqa: E402
+from patchscaler.command.ui import TITLE, upscale_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180  # importing torch and gradio on a loaded 2-core machine
@@ -40,7 +40,7 @@ def _image(path: Path, h: int = 20, w: int = 24, bits: int = 8) -> Path:
     """A small random RGB PNG (16-bit through pypng's writer when bits == 16)."""
     rng = np.random.default_rng(0)
     if bits == 16:
-        from patchscaler.image_files import write_image
+        from patchscaler.imaging.image_files import write_image
 
         write_image(rng.integers(0, 65536, (h, w, 3), dtype=np.uint16), path)
     else:

@@ -1,4 +1,5 @@
-"""Reading and writing images as float tensors ``[3, H, W]`` in [0, 1]."""
+"""Reading and writing images as float tensors ``[3, H, W]`` in [0, 1] (training, eval
+and scripts; levels ↔ floats by `patchscaler.imaging.convert`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from patchscaler.image_files import apply_orientation, exif_orientation, read_png16
+from patchscaler.imaging.convert import tensor_to_uint8, to_float
+from patchscaler.imaging.image_files import apply_orientation, exif_orientation, read_png16
 
-__all__ = ["IMAGE_EXTENSIONS", "load_image", "save_image", "list_images", "modcrop", "to_uint8"]
+__all__ = ["IMAGE_EXTENSIONS", "load_image", "save_image", "list_images", "modcrop"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -43,25 +45,14 @@ def load_image(path: str | os.PathLike) -> Tensor:
                 # PIL truncates 48/64-bit PNGs to 8 bits; pypng reads them exactly.
                 rgb16 = read_png16(path) if mode in ("RGB", "RGBA") and im.format == "PNG" else None
                 if rgb16 is not None:
-                    arr = rgb16[..., :3].astype(np.float32) / 65535.0
+                    arr = to_float(rgb16[..., :3])
                 else:
                     if mode != "RGB":
                         im = im.convert("RGBA").convert("RGB") if "A" in mode or mode == "P" else im.convert("RGB")
-                    arr = np.asarray(im).astype(np.float32) / 255.0
+                    arr = to_float(np.asarray(im))
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise OSError(f"cannot read image {path}: {e}") from e
     return torch.from_numpy(apply_orientation(arr, orientation)).permute(2, 0, 1).contiguous()
-
-
-def to_uint8(img: Tensor) -> np.ndarray:
-    """``[3, H, W]`` (or ``[H, W]``) float in [0, 1] → ``[H, W, 3]`` uint8 array, rounded."""
-    img = img.detach().float().cpu().clamp(0, 1)
-    arr = (img * 255.0).round().to(torch.uint8)
-    if arr.dim() == 3:
-        arr = arr.permute(1, 2, 0)
-        if arr.shape[2] == 1:
-            arr = arr[..., 0]
-    return arr.numpy()
 
 
 def save_image(img: Tensor, path: str | os.PathLike) -> None:
@@ -72,7 +63,7 @@ def save_image(img: Tensor, path: str | os.PathLike) -> None:
         img = img[0]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(img)).save(path)
+    Image.fromarray(tensor_to_uint8(img)).save(path)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from patchscaler.imaging.convert import quantize_levels
+
 __all__ = ["imresize", "bicubic_downscale", "bicubic_upscale", "cubic_kernel", "contributions"]
 
 
@@ -151,11 +153,9 @@ def imresize(
 
 
 def quantize(x: Tensor) -> Tensor:
-    """Round a [0, 1] image to uint8 levels (still float): what saving a PNG does.
-
-    Rounds half away from zero like MATLAB's uint8 conversion (torch.round is half-to-even).
-    """
-    return torch.floor(x.clamp(0, 1) * 255.0 + 0.5) / 255.0
+    """Round a [0, 1] image to uint8 levels (still float): what saving a PNG does, by
+    `patchscaler.imaging.convert`'s one rounding rule (`convert.quantize_levels`)."""
+    return quantize_levels(x)
 
 
 def bicubic_downscale(hr: Tensor, scale: int = 4, quantize_output: bool = True) -> Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from patchscaler.cli import main as cli_main
+from patchscaler.command.cli import main as cli_main
 from patchscaler.examples import EXAMPLE_LR
 
 

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from patchscaler.checkpoints import cached, read_safetensors, require, save_safetensors
-from patchscaler.codec import PixelUnshuffleCodec
+from patchscaler.inference.codec import PixelUnshuffleCodec
 from patchscaler.data.resize import imresize
-from patchscaler.patch_plan import PatchPlan, plan_patches
+from patchscaler.inference.patch_plan import PatchPlan, plan_patches
 
 __all__ = ["GRMConfig", "GRM", "grm_from_file", "check_tiling", "load_grm", "restore_tiled", "save_grm"]
 

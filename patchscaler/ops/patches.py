@@ -3,7 +3,7 @@
 
 Patches are addressed by `origins`, an int64 tensor [P, 3] of rows (b, y, x):
 patch p is `x[b, :, y:y+ph, x:x+pw]`. Origins are arbitrary (any order, overlaps,
-repeats) but every patch must lie inside its image; `patchscaler.patch_plan` makes
+repeats) but every patch must lie inside its image; `patchscaler.inference.patch_plan` makes
 origins that cover an image and pads images smaller than one patch.
 
 The kernels (C++ on CPU, CUDA on GPU) are registered in C++ under

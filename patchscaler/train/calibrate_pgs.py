@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
-from patchscaler.codec import PixelUnshuffleCodec
+from patchscaler.inference.codec import PixelUnshuffleCodec
 from patchscaler.train.patch_pairs import (
     LatentPatchPairs,
     add_common_args,

@@ -172,7 +172,7 @@ class _DenoiserStep(torch.nn.Module):
 
 def train(a):
     """Train (or export, returning None); returns this rank's trained model."""
-    from patchscaler.distributed import from_env
+    from patchscaler.command.distributed import from_env
 
     out = Path(a.out)
     ctx = None if a.export else from_env(a.device)  # cuda -> cuda:LOCAL_RANK under torchrun

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from patchscaler.codec import PixelUnshuffleCodec
+from patchscaler.inference.codec import PixelUnshuffleCodec
 from patchscaler.data.dataset import DegradedBatches, PairPool
 from patchscaler.data.images import list_images, load_image, modcrop
 from patchscaler.data.resize import bicubic_downscale
@@ -256,7 +256,7 @@ def export(a: argparse.Namespace, log) -> Path:
 
 def train(a: argparse.Namespace) -> GRM | None:
     """Train (or export/evaluate, returning None); returns the trained model of this rank."""
-    from patchscaler.distributed import from_env
+    from patchscaler.command.distributed import from_env
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

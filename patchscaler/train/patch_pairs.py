@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from patchscaler.codec import PixelUnshuffleCodec
+from patchscaler.inference.codec import PixelUnshuffleCodec
 from patchscaler.data.dataset import PairPool, augment, worker_batch_indices
 from patchscaler.data.dataset import image_id
 from patchscaler.train.common import DEFAULT_DATA, add_run_args

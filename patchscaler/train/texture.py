@@ -97,7 +97,7 @@ def dense_held_out_pairs(
     ``margin`` pixels inside it): ``{"y0", "x0" [M,48,p,p], "image_id" [M]}``.
     With ``degradation="real"`` the photo's LR is its seeded real degradation (as in eval)."""
     from patchscaler.data.degradations import degrade_image
-    from patchscaler.codec import PixelUnshuffleCodec
+    from patchscaler.inference.codec import PixelUnshuffleCodec
     from patchscaler.data.dataset import image_id
 
     codec = PixelUnshuffleCodec(4)

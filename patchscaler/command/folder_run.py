@@ -5,7 +5,7 @@ Used by the ``patchscaler`` command for folder inputs, alone or under ``torchrun
 * **Sharding.** Every rank sees the same sorted job list. By default the ranks pull
   images one at a time from a shared counter, largest first (`distributed.WorkQueue`:
   PGS's cost depends on the content, which no static split can see); ``shard="static"``
-  takes the fixed share :func:`patchscaler.distributed.shard_by_cost` gives each rank
+  takes the fixed share :func:`patchscaler.command.distributed.shard_by_cost` gives each rank
   (balanced by pixel count from the file headers). Either way every image has the same
   seed as in one process, so the outputs are the same.
 * **Resume.** A job whose output already exists is skipped (outputs are written to a
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
-    from patchscaler.distributed import Context
+    from patchscaler.command.distributed import Context
 
 __all__ = ["FolderResult", "pixel_cost", "run_jobs"]
 
@@ -108,7 +108,7 @@ def run_jobs(
 
     # Here, not at the top: `distributed` imports torch, and the command imports this
     # module before it parses its arguments (--help must not wait for torch).
-    from patchscaler.distributed import ProgressCounter, WorkQueue, gather, shard_by_cost
+    from patchscaler.command.distributed import ProgressCounter, WorkQueue, gather, shard_by_cost
 
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
     costs = [pixel_cost(j.src) for j in jobs] if world > 1 else [1] * len(jobs)

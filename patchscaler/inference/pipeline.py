@@ -8,7 +8,7 @@ Per batch of same-size images (`upscale_images` reads in this order):
 1. **GRM** at LR resolution → coarse latent ``y0 [B,3s²,h,w]`` and confidence
    ``C [B,1,h,w]`` (`patchscaler.models.grm.restore_tiled`: large images as tiles).
 2. **Patches**: the latent is cut into overlapping ``patch_size`` patches
-   (`patchscaler.patch_plan`); each patch's Qmap is its mean confidence (`patch_qmap`)
+   (`patchscaler.inference.patch_plan`); each patch's Qmap is its mean confidence (`patch_qmap`)
    and its noise seed comes from its (y, x) position (`derive_seeds`).
 3. **Sampler** (any registered one, `patchscaler.sampling.registry`): its policy groups
    each image's patches from the image's whole Qmap (at the image's first band), then
@@ -18,9 +18,9 @@ Per batch of same-size images (`upscale_images` reads in this order):
 4. **Blend** the patches back with the smooth window, **decode** with the codec
    (pixel shuffle), clamp to [0, 1]; a `GroupMap` per image says what happened.
 
-Steps 2–4 stream over **bands** of patch rows (`patchscaler.band_plan`): each band's
+Steps 2–4 stream over **bands** of patch rows (`patchscaler.inference.band_plan`): each band's
 patches are sampled, the rows no later patch reaches are blended, decoded and written
-into the image's preallocated output (`patchscaler.output_buffer`), and only the overlap
+into the image's preallocated output (`patchscaler.inference.output_buffer`), and only the overlap
 rows' patches are kept for the next band, so the working set grows with the width, not
 the area. Bands of several images share a sampler call up to ``max_lr_pixels_per_run``.
 The result does not depend on the band size (the blend sums each pixel's patches in the
@@ -59,13 +59,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from patchscaler.band_plan import Band, BandBlender, band_patch_rows, plan_bands
+from patchscaler.inference.band_plan import Band, BandBlender, band_patch_rows, plan_bands
 from patchscaler.checkpoints import WeightsNotAvailableError, check_model
-from patchscaler.codec import PixelUnshuffleCodec
-from patchscaler.group_map import GROUP_NAMES, GroupMap, group_pixels
+from patchscaler.inference.codec import PixelUnshuffleCodec
+from patchscaler.inference.group_map import GROUP_NAMES, GroupMap, group_pixels
 from patchscaler.models.grm import check_tiling, load_grm, restore_tiled, tile_overlap
-from patchscaler.output_buffer import FloatOutput
-from patchscaler.patch_plan import PatchPlan, blend_window, plan_patches
+from patchscaler.inference.output_buffer import FloatOutput
+from patchscaler.inference.patch_plan import PatchPlan, blend_window, plan_patches
 from patchscaler.sampling.engine import SamplerOutput, derive_seeds, patch_qmap
 from patchscaler.sampling.registry import DEFAULT_MODEL, DEFAULT_QUALITY, SAMPLERS, build_sampler, sampler_available
 
@@ -104,7 +104,7 @@ class _Unit:
     plan: PatchPlan
     bands: list[Band]
     blender: BandBlender
-    outputs: list[Any]  # per image: where its HR rows go (`patchscaler.output_buffer`)
+    outputs: list[Any]  # per image: where its HR rows go (`patchscaler.inference.output_buffer`)
     y0: Tensor | None = None  # [B,C,h,w] float32: the GRM's latent, from the first band to the last
     conf: Tensor | None = None  # [B,1,h,w] float32
     grm_tile_halved_to: int | None = None  # the GRM's tile after out-of-memory halvings
@@ -245,7 +245,7 @@ class PatchScalerPipeline:
 
         Sizes may differ. Returns, in order, ``(hr, GroupMap)`` per image: ``hr`` is
         ``outputs[i]`` when given (an object with ``write(top, rows [3, r, s·w])``, e.g.
-        `patchscaler.output_buffer.ArrayOutput`, filled band by band), else a
+        `patchscaler.inference.output_buffer.ArrayOutput`, filled band by band), else a
         ``[3, s·h, s·w]`` float32 tensor in [0, 1] on the pipeline's device.
         ``progress``: True for tqdm bars, or ``progress(done, total, stage)`` (module docstring).
         """

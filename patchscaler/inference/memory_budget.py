@@ -4,7 +4,7 @@ pipeline's chunk sizes: patches per Patch-DiT call, the GRM's tile side and the 
 The budget is split in three equal shares, one per stage, each divided by that
 stage's cost per unit of work in float32 (estimates, rounded up):
 
-* a **band** (`patchscaler.band_plan`): ~1.3 kB per LR pixel (its latent patches, noise,
+* a **band** (`patchscaler.inference.band_plan`): ~1.3 kB per LR pixel (its latent patches, noise,
   sampler state and texture prompts, overlap included);
 * a **GRM tile**: ~3 kB per LR pixel (the shipped GRM's widest layers, 192 channels,
   input and output alive at once);
@@ -13,7 +13,7 @@ stage's cost per unit of work in float32 (estimates, rounded up):
 
 The budget bounds what the pipeline asks for, not what the allocator keeps; on a CUDA
 out-of-memory error the samplers halve the DiT chunk and the GRM its tile, and retry
-that step only (`patchscaler.sampling.engine`, `patchscaler.pipeline`).
+that step only (`patchscaler.sampling.engine`, `patchscaler.inference.pipeline`).
 """
 
 from __future__ import annotations

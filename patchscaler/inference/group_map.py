@@ -1,5 +1,5 @@
 """What the sampler did to each image: `GroupMap` (``upscale(..., return_groups=True)``)
-and the per-pixel group picture `patchscaler.visualize` draws."""
+and the per-pixel group picture `patchscaler.imaging.visualize` draws."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from patchscaler.patch_plan import PatchPlan
+from patchscaler.inference.patch_plan import PatchPlan
 from patchscaler.sampling.pgs import GROUP_NAMES
 
 __all__ = ["GROUP_NAMES", "GroupMap", "group_pixels"]
@@ -33,7 +33,7 @@ class GroupMap:
     steps: ``[P]`` int64 denoising steps each patch received (0 for "none").
     confidence: ``[1, h, w]`` float32 GRM confidence in (0, 1) per LR pixel.
     group_pixels: ``[h, w]`` int64 group of the patch that weighs most at each LR
-        pixel (−1 for "none"): the picture `patchscaler.visualize` draws.
+        pixel (−1 for "none"): the picture `patchscaler.imaging.visualize` draws.
     group_names: names of the groups, easy → hard.
     fp32_evaluations: of this image's patch-evaluations, how many were recomputed in
         float32 because the half-precision DiT's output had a NaN/Inf (0 in float32).

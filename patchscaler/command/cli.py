@@ -36,8 +36,8 @@ from typing import Any, Sequence
 # argument errors answer before torch is loaded (tests/test_cli_startup.py checks it).
 import patchscaler
 from patchscaler.checkpoints import DEFAULT_MODEL, MODEL_SETS, WeightsNotAvailableError
-from patchscaler.folder_run import IMAGE_ERRORS, image_error, one_line, run_jobs
-from patchscaler.progress_bars import ImageBar
+from patchscaler.command.folder_run import IMAGE_ERRORS, image_error, one_line, run_jobs
+from patchscaler.command.progress_bars import ImageBar
 
 __all__ = ["main"]
 
@@ -235,23 +235,12 @@ def _plan_jobs(args: argparse.Namespace) -> tuple[list[_Job], Path | None]:
 
 def _groups_picture(out, gmap, path: Path) -> None:
     """The --save-groups picture of one result (``out``: the written array) at ``path``."""
-    import numpy as np
-    import torch
+    from patchscaler.imaging.image_files import atomic_write
+    from patchscaler.imaging.visualize import groups_over_output
 
-    from patchscaler.image_files import atomic_write
-    from patchscaler.outsize import resize_output
-    from patchscaler.visualize import group_map_image
-
-    arr = out.astype(np.float32) / (65535.0 if out.dtype == np.uint16 else 255.0)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    rgb = arr[..., :3] if arr.shape[2] >= 3 else np.repeat(arr[..., :1], 3, axis=2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    hr = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-    lr_h, lr_w = gmap.confidence.shape[-2:]
-    hr = resize_output(hr, (lr_h * gmap.scale, lr_w * gmap.scale))  # back to x4 after --outscale
     with atomic_write(path) as tmp:
-        group_map_image(hr, gmap).save(tmp, format="PNG")
+        groups_over_output(out, gmap).save(tmp, format="PNG")
 
 
 # ------------------------------------------------------------------------- the run
@@ -295,7 +284,7 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _read(args: argparse.Namespace, src: Path):
-    from patchscaler.image_files import read_image
+    from patchscaler.imaging.image_files import read_image
 
     mp = args.max_megapixels
     if mp is None:  # no size limit asked for: only the header's bomb check (Pillow's limit)
@@ -307,7 +296,7 @@ def _read(args: argparse.Namespace, src: Path):
 def _process(args: argparse.Namespace, opts: dict, bar: ImageBar, job: _Job) -> dict:
     """One image: read, upscale, write (atomically); its record for --json and the manifest."""
     from patchscaler import api
-    from patchscaler.image_files import write_image
+    from patchscaler.imaging.image_files import write_image
 
     start = time.perf_counter()
     arr, meta = _read(args, job.src)
@@ -339,7 +328,7 @@ def _process(args: argparse.Namespace, opts: dict, bar: ImageBar, job: _Job) -> 
 def _run_folder(args, opts, jobs: list[_Job], out_folder: Path, show: bool):
     """A folder run (alone or under torchrun): (the whole job's `FolderResult`, whether this
     process reports it: rank 0 or alone)."""
-    from patchscaler import distributed
+    from patchscaler.command import distributed
 
     ctx = distributed.from_env(args.device)  # under torchrun: this rank's device and share
     if ctx is not None:
@@ -361,7 +350,7 @@ def _run_folder(args, opts, jobs: list[_Job], out_folder: Path, show: bool):
 def _write_json(path: Path, records: list[dict], failures: list[tuple[str, str]]) -> None:
     import json
 
-    from patchscaler.image_files import atomic_write
+    from patchscaler.imaging.image_files import atomic_write
 
     text = json.dumps({"images": records, "failures": [{"input": str(p), "error": e} for p, e in failures]}, indent=2)
     if str(path) == "-":

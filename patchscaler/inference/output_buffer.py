@@ -1,7 +1,7 @@
 """Where the pipeline writes an image's ×s output, band by band.
 
 The pipeline produces an image's HR pixels a band of rows at a time
-(`patchscaler.band_plan`) and hands each band to the image's output buffer with
+(`patchscaler.inference.band_plan`) and hands each band to the image's output buffer with
 ``write(top, rows)``, ``rows [3, r, W]`` float32 in [0, 1] on the pipeline's device. A
 buffer is preallocated at the output's size, so no full-size float image exists unless
 the caller asks for one:
@@ -9,7 +9,7 @@ the caller asks for one:
 * `FloatOutput`: ``[3, H, W]`` float32 on the device (tensor inputs, and
   `PatchScalerPipeline.upscale_images` without buffers);
 * `ArrayOutput`: channels-last numpy ``uint8``/``uint16`` (or float) array, quantized
-  as each band arrives — 3 or 6 bytes per output pixel instead of 12 for float32, and
+  as each band arrives by `patchscaler.imaging.convert`'s one rounding rule — 3 or 6 bytes per output pixel instead of 12 for float32, and
   the alpha channel, if any, in the same array.
 """
 
@@ -19,18 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ArrayOutput", "FloatOutput", "quantize"]
+from patchscaler.imaging.convert import planes_to_array
 
-
-def quantize(planes: Tensor, dtype: np.dtype) -> np.ndarray:
-    """``[C, r, W]`` float in [0, 1] → ``[r, W, C]`` numpy of ``dtype``: round to nearest for
-    uint8/uint16 (clamped first), a plain cast for float dtypes."""
-    arr = planes.float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-    dtype = np.dtype(dtype)
-    if dtype == np.uint8 or dtype == np.uint16:
-        peak = float(np.iinfo(dtype).max)
-        return np.floor(arr * peak + 0.5).astype(dtype)
-    return arr.astype(dtype)
+__all__ = ["ArrayOutput", "FloatOutput"]
 
 
 class FloatOutput:
@@ -56,8 +47,8 @@ class ArrayOutput:
 
     def write(self, top: int, rows: Tensor) -> None:
         planes = rows.mean(0, keepdim=True) if self.grey else rows
-        self.array[top : top + rows.shape[1], :, : self.colour] = quantize(planes, self.array.dtype)
+        self.array[top : top + rows.shape[1], :, : self.colour] = planes_to_array(planes, self.array.dtype)
 
     def write_alpha(self, alpha: Tensor) -> None:
         """``alpha [1, H, W]`` float in [0, 1] into the last channel."""
-        self.array[..., self.colour :] = quantize(alpha, self.array.dtype)
+        self.array[..., self.colour :] = planes_to_array(alpha, self.array.dtype)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from patchscaler.patch_plan import PatchPlan
+from patchscaler.inference.patch_plan import PatchPlan
 
 __all__ = ["Band", "BandBlender", "band_patch_rows", "plan_bands"]
 

@@ -1,7 +1,7 @@
 """Pictures of what the sampler did: the group (and step count) of every patch, or the
 GRM's confidence map, over a dimmed copy of the upscaled image, with a legend strip.
 
-    from patchscaler.visualize import group_map_image
+    from patchscaler.imaging.visualize import group_map_image
     hr, gmap = patchscaler.upscale(lr, return_groups=True)
     group_map_image(hr, gmap).save("groups.png")
 
@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from patchscaler.group_map import GroupMap
+from patchscaler.imaging.convert import to_integer
+from patchscaler.inference.group_map import GroupMap
 
-__all__ = ["group_map_image", "confidence_image", "GROUP_COLOURS"]
+__all__ = ["group_map_image", "confidence_image", "groups_over_output", "GROUP_COLOURS"]
 
 # Okabe–Ito colours (distinct under the common colour-vision deficiencies), in group
 # order easy → hard: sky blue, yellow, vermillion; more groups cycle through the rest.
@@ -119,7 +120,7 @@ def group_map_image(hr: Tensor, gmap: GroupMap) -> Image.Image:
     edge[1:, :] |= cell[1:, :] != cell[:-1, :]
     edge[:, 1:] |= cell[:, 1:] != cell[:, :-1]
     picture[edge] = picture[edge] * 0.35
-    picture = picture.clip(0, 255).astype(np.uint8)
+    picture = to_integer(picture / np.float32(255), np.uint8)
 
     steps = gmap.steps.cpu().numpy()
     group = gmap.group.cpu().numpy()
@@ -167,8 +168,8 @@ def confidence_image(hr: Tensor, gmap: GroupMap) -> Image.Image:
     if not stretched:
         lo, hi = 0.0, 1.0
     overlay = _ramp((_enlarge(conf, s * factor) - lo) / (hi - lo))
-    picture = (back * 0.45 + overlay * 0.55).clip(0, 255).astype(np.uint8)
-    bar = (_ramp(np.linspace(0, 1, 160, dtype=np.float32))[None].repeat(14, 0)).astype(np.uint8)
+    picture = to_integer((back * 0.45 + overlay * 0.55) / np.float32(255), np.uint8)
+    bar = to_integer(_ramp(np.linspace(0, 1, 160, dtype=np.float32))[None].repeat(14, 0) / np.float32(255), np.uint8)
     q = np.quantile(conf, [0.1, 0.5, 0.9]) if conf.size else np.zeros(3)
     scale_text = f"{lo:.3g} = low (hard) ... {hi:.3g} = high (easy)"
     if stretched:
@@ -179,3 +180,21 @@ def confidence_image(hr: Tensor, gmap: GroupMap) -> Image.Image:
     ]
     title = f"GRM confidence per LR pixel (sampler {gmap.sampler}: no diffusion steps)"
     return _with_legend(picture, rows, title)
+
+
+def groups_over_output(out: np.ndarray, gmap: GroupMap) -> Image.Image:
+    """`group_map_image` over a written result ``out`` (an array of `read_image`'s family,
+    uint8/uint16/float, grey or RGB, with or without alpha), at ×``gmap.scale`` even when
+    the output was resized: the command's ``--save-groups`` and the web app's picture."""
+    import torch
+
+    from patchscaler.imaging.convert import to_float
+    from patchscaler.inference.outsize import resize_output
+
+    arr = to_float(out)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    rgb = arr[..., :3] if arr.shape[2] >= 3 else np.repeat(arr[..., :1], 3, axis=2)
+    hr = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    lr_h, lr_w = gmap.confidence.shape[-2:]
+    return group_map_image(resize_output(hr, (lr_h * gmap.scale, lr_w * gmap.scale)), gmap)

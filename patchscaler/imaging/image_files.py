@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from patchscaler.imaging.convert import requantize, to_integer
+
 __all__ = [
     "ImageMeta",
     "ImageTooLargeError",
@@ -185,7 +187,7 @@ def _pixels(im, path: Path, meta: ImageMeta) -> np.ndarray:
         return arr.astype(np.uint16)
     if mode == "F":
         arr = np.nan_to_num(np.asarray(im).astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-        return (np.clip(arr, 0, 1) * 65535 + 0.5).astype(np.uint16)
+        return to_integer(arr, np.uint16)
     if mode in PALETTE_MODES:
         im = flatten_palette(im)
     elif mode == "CMYK":
@@ -406,7 +408,7 @@ def write_image(arr: np.ndarray, path: str | os.PathLike, meta: ImageMeta | None
             write_png16(arr, fp, meta)
         return
     if arr.dtype == np.uint16:
-        arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+        arr = requantize(arr, np.uint8)
     elif arr.dtype != np.uint8:
         raise TypeError(f"write_image takes uint8 or uint16 arrays, got {arr.dtype}")
     channels = 1 if arr.ndim == 2 else arr.shape[2]
