@@ -191,12 +191,20 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict, dict[str, str]]:
+def read_safetensors(path: str | os.PathLike, format: str | None = None) -> tuple[dict[str, Tensor], dict, dict[str, str]]:
     """``(tensors, config, metadata)``: the stored tensors, the decoded ``config``
-    ({} when absent) and the raw metadata."""
+    ({} when absent) and the raw metadata.
+
+    ``format``: the kind the caller can read (what `save_safetensors` wrote, e.g.
+    ``"patchscaler.GRM"``); a file that says it is another kind raises ValueError naming
+    both, before its tensors are loaded into the wrong model. A file without a tag (made
+    by another tool) is accepted: its tensors' names are checked when they are loaded.
+    """
     from safetensors.torch import load_file
 
     meta = read_metadata(path)
+    if format is not None and meta.get("format", format) != format:
+        raise ValueError(f"{path} holds a {meta['format']!r}, not the {format!r} that was asked for")
     return load_file(str(path)), json.loads(meta["config"]) if "config" in meta else {}, meta
 
 

@@ -524,7 +524,7 @@ def load_dit(
         raise FileNotFoundError(
             f"Patch-DiT weights not found at {path}; train them with `python -m patchscaler.train.dit`"
         )
-    state, config, _ = read_safetensors(path)
+    state, config, _ = read_safetensors(path, format="patchscaler.PatchDiT")
     dit = PatchDiT(PatchDiTConfig.from_dict(config))
     dit.load_state_dict({k: v.float() for k, v in state.items()})
     return dit.to(device=device, dtype=dtype).eval()

@@ -305,7 +305,7 @@ def _balanced_tile(size: int, max_tile: int, overlap: int) -> int:
 
 def grm_from_file(path: str | os.PathLike) -> GRM:
     """A `GRM` (fp32, train mode) from a safetensors file written by `save_grm`."""
-    state, config, _ = read_safetensors(path)
+    state, config, _ = read_safetensors(path, format="patchscaler.GRM")
     model = GRM(GRMConfig.from_dict(config))
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model

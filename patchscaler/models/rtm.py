@@ -149,7 +149,7 @@ class ReferenceTextureMemory(nn.Module):
     ) -> "ReferenceTextureMemory":
         """Read a memory written by `save`. Floats become ``dtype`` (default: float32 on CPU,
         float16 elsewhere — fp16 matmuls are slow on CPU and fast on GPU)."""
-        t, _, meta = read_safetensors(path)
+        t, _, meta = read_safetensors(path, format="patchscaler.ReferenceTextureMemory")
         device = torch.device(device)
         if dtype is None:
             dtype = torch.float32 if device.type == "cpu" else torch.float16

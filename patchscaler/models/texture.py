@@ -248,7 +248,7 @@ def save_texture_encoder(
 
 def load_texture_encoder(path: str | os.PathLike) -> TextureEncoder:
     """Read an encoder written by `save_texture_encoder` (fp32, eval mode, frozen)."""
-    state, config, _ = read_safetensors(path)
+    state, config, _ = read_safetensors(path, format="patchscaler.TextureEncoder")
     enc = TextureEncoder(TextureEncoderConfig.from_dict(config))
     enc.load_state_dict({k: v.float() for k, v in state.items()})
     return enc.eval().requires_grad_(False)
