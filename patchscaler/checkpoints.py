@@ -51,6 +51,7 @@ __all__ = [
     "require",
     "save_safetensors",
     "set_manifest",
+    "set_trained_for",
     "weights_file",
     "weights_root",
 ]
@@ -154,6 +155,23 @@ def set_manifest(model: str | None = None, root: str | os.PathLike | None = None
     if not isinstance(manifest, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     return manifest
+
+
+def set_trained_for(degradation: str, root: str | os.PathLike | None = None) -> str:
+    """The model set whose ``set.json`` says it is trained for ``degradation`` (what a trainer
+    run with ``--degradation X`` reads and writes), else ValueError. Asked of the sets, not
+    derived from the name: a set's name and its degradation are two facts."""
+    found = []
+    # The active weights root's manifests first; a root of sets without any (a test's tiny
+    # weights) takes the package's, which name the same sets.
+    for where in (weights_root(root), PACKAGE_WEIGHTS):
+        found = [m for m in MODEL_SETS if set_manifest(m, where).get("degradation") == degradation]
+        if found:
+            break
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} model sets are trained for degradation {degradation!r} "
+                         f"(each set's set.json names its degradation); expected exactly one")
+    return found[0]
 
 
 # ---------------------------------------------------------------------------- files

@@ -28,3 +28,18 @@ def test_untagged_files_and_the_grm_round_trip(tmp_path):
     save_grm(model.state_dict(), cfg.__dict__, tmp_path / "grm.safetensors", {})
     again = grm_from_file(tmp_path / "grm.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_a_trainer_finds_the_set_made_for_its_degradation(tmp_path, monkeypatch):
+    import json
+
+    from patchscaler.checkpoints import ENV_VAR, set_trained_for
+
+    assert set_trained_for("real") == "real" and set_trained_for("bicubic") == "bicubic"
+    with pytest.raises(ValueError, match="0 model sets"):
+        set_trained_for("jpeg-only")
+    # The active root's own manifests decide: a set named "bicubic" made for real photos.
+    (tmp_path / "bicubic").mkdir()
+    (tmp_path / "bicubic" / "set.json").write_text(json.dumps({"degradation": "real"}))
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    assert set_trained_for("real") == "bicubic"

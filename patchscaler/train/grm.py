@@ -30,7 +30,7 @@ from patchscaler.data.dataset import DegradedBatches, PairPool
 from patchscaler.data.images import list_images, load_image, modcrop
 from patchscaler.data.resize import bicubic_downscale
 from patchscaler.checkpoints import clear as clear_loaded_weights
-from patchscaler.checkpoints import weights_file
+from patchscaler.checkpoints import set_trained_for, weights_file
 from patchscaler.models.grm import GRM, GRMConfig, grm_from_file, save_grm
 from patchscaler.metrics.confidence import confidence_error_spearman
 from patchscaler.metrics.psnr import psnr_y
@@ -235,7 +235,7 @@ def export(a: argparse.Namespace, log) -> Path:
     worst = max((abs(r32[k] - r16[k]) for k in val), default=0.0)
     use_fp16 = worst < 0.01
     state = {k: (v.half() if use_fp16 else v.float()).contiguous() for k, v in ck["ema"].items()}
-    dst = Path(a.export_to) if a.export_to else weights_file("grm", degradation)  # the set named for the run's degradation
+    dst = Path(a.export_to) if a.export_to else weights_file("grm", set_trained_for(degradation))  # the set made for it
     meta = {
         "step": ck["step"],
         "checkpoint": str(ck_path),

@@ -61,15 +61,16 @@ def add_common_args(p, out_default: str) -> None:
 
 def set_weights_defaults(a, **components: str) -> None:
     """Fill each argument left ``None`` in ``components`` (argument name → weights
-    component, e.g. ``rtm="rtm"``) with that component's file in the model set named by
-    ``a.degradation``: a model set is named for the degradation it is trained on, so a
-    ``--degradation real`` run reads and writes the ``real`` set and a bicubic run the
-    ``bicubic`` set, whichever set `upscale()` uses by default."""
-    from patchscaler.checkpoints import weights_file
+    component, e.g. ``rtm="rtm"``) with that component's file in the model set trained for
+    ``a.degradation`` (`checkpoints.set_trained_for`, from the sets' own set.json), so a
+    ``--degradation real`` run reads and writes the set made for real photos, whichever
+    set `upscale()` uses by default."""
+    from patchscaler.checkpoints import set_trained_for, weights_file
 
+    model_set = set_trained_for(a.degradation)
     for arg, component in components.items():
         if getattr(a, arg) is None:
-            setattr(a, arg, str(weights_file(component, a.degradation)))
+            setattr(a, arg, str(weights_file(component, model_set)))
 
 
 def open_pool(a, lr_crop: int, log) -> PairPool:
