@@ -6,7 +6,7 @@
 Per batch of same-size images (`upscale_images` reads in this order):
 
 1. **GRM** at LR resolution → coarse latent ``y0 [B,3s²,h,w]`` and confidence
-   ``C [B,1,h,w]`` (`patchscaler.models.grm.restore_tiled`: large images as tiles).
+   ``C [B,1,h,w]`` (`patchscaler.inference.grm_tiles.restore_tiled`: large images as tiles).
 2. **Patches**: the latent is cut into overlapping ``patch_size`` patches
    (`patchscaler.inference.patch_plan`); each patch's Qmap is its mean confidence (`patch_qmap`)
    and its noise seed comes from its (y, x) position (`derive_seeds`).
@@ -63,7 +63,8 @@ from patchscaler.inference.band_plan import Band, BandBlender, band_patch_rows, 
 from patchscaler.checkpoints import WeightsNotAvailableError, check_model
 from patchscaler.inference.codec import PixelUnshuffleCodec
 from patchscaler.inference.group_map import GROUP_NAMES, GroupMap, group_pixels
-from patchscaler.models.grm import check_tiling, load_grm, restore_tiled, tile_overlap
+from patchscaler.inference.grm_tiles import check_tiling, restore_tiled, tile_overlap
+from patchscaler.models.grm import load_grm
 from patchscaler.inference.output_buffer import FloatOutput
 from patchscaler.inference.patch_plan import PatchPlan, blend_window, plan_patches
 from patchscaler.sampling.engine import SamplerOutput, derive_seeds, patch_qmap
