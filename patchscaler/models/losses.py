@@ -28,15 +28,14 @@ Decisions and why:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DistillLoss", "GRMLoss", "artifact_map_loss", "frequency_loss", "gan_loss", "grm_loss", "usm_sharpen"]
+__all__ = ["DistillLoss", "GRMLoss", "artifact_map_loss", "confidence_term", "frequency_loss", "gan_loss", "grm_loss", "usm_sharpen"]
 
 DEFAULT_ETA = 2e-6
 DEFAULT_LAMBDA = 0.01 / DEFAULT_ETA
@@ -63,11 +62,16 @@ def grm_loss(
     diff = y0.float() - x0.float()
     l1 = diff.abs().mean()
     e2 = diff.pow(2).mean(dim=1, keepdim=True)
-    e2_c = e2.detach() if detach_error else e2
-    c = conf.float()
-    conf_term = (c * e2_c - eta * torch.log(c.clamp_min(eps))).mean()
+    conf_term = confidence_term(e2.detach() if detach_error else e2, conf, eta, eps)
     loss = l1 + lam * conf_term
     return loss, {"l1": l1.item(), "conf": conf_term.item() / eta, "mse": e2.mean().item()}
+
+
+def confidence_term(e2: Tensor, conf: Tensor, eta: float = DEFAULT_ETA, eps: float = 1e-12) -> Tensor:
+    """``mean(C·e² − η·log C)``: the likelihood term that makes ``conf`` ``[B,1,h,w]`` an
+    inverse-error predictor of the per-pixel squared error ``e2`` ``[B,1,h,w]`` (module docstring)."""
+    c = conf.float()
+    return (c * e2 - eta * torch.log(c.clamp_min(eps))).mean()
 
 
 @dataclass
@@ -136,9 +140,7 @@ class DistillLoss:
         l1_t = (y - t0.float()).abs().mean()
         l1_usm = (y - x0_sharp.float()).abs().mean()
         diff = y.detach() - x0.float()  # the confidence term's error is detached, as in grm_loss
-        e2 = diff.pow(2).mean(dim=1, keepdim=True)
-        c = conf.float()
-        conf_term = (c * e2 - self.eta * torch.log(c.clamp_min(1e-12))).mean()
+        conf_term = confidence_term(diff.pow(2).mean(dim=1, keepdim=True), conf, self.eta)
         loss = self.w_teacher * l1_t + self.w_gt * l1_usm + self.lam * conf_term
         return loss, {"l1": diff.abs().mean().item(), "l1_teacher": l1_t.item(), "l1_usm": l1_usm.item(),
                       "conf": conf_term.item() / self.eta}
