@@ -11,8 +11,41 @@ from patchscaler.train.perceptual import EfficientNetLite0, FeatureLoss
 
 
 def _random_net() -> EfficientNetLite0:
+    """Random weights and random BatchNorm statistics (so folding them is not a no-op)."""
     torch.manual_seed(0)
-    return EfficientNetLite0().eval().requires_grad_(False)
+    net = EfficientNetLite0()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return net.eval().requires_grad_(False)
+
+
+def test_folding_batchnorm_keeps_the_function():
+    net = _random_net()
+    x = torch.rand(2, 3, 37, 45)  # odd sizes: every stride-2 layer rounds
+    with torch.no_grad():
+        ref = net.features(x, FeatureLoss.TAPS)
+        folded = perceptual.fold_batchnorm(net)
+        got = folded.features(x, FeatureLoss.TAPS)
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_feature_loss_sees_only_its_first_images():
+    loss = FeatureLoss(_random_net(), max_images=2)
+    g = torch.Generator().manual_seed(3)
+    sr, t = torch.rand(3, 3, 32, 32, generator=g), torch.rand(3, 3, 32, 32, generator=g)
+    other = sr.clone()
+    other[2] = 0  # beyond max_images
+    assert loss(other, t).item() == loss(sr, t).item()
+    other[1] = 0
+    assert loss(other, t).item() != loss(sr, t).item()
 
 
 def test_network_has_the_published_state_dict_layout():

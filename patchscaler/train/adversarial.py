@@ -31,6 +31,10 @@ from patchscaler.models.losses import artifact_map_loss, frequency_loss, gan_los
 
 __all__ = ["AdversarialTerms"]
 
+# Images of each batch the feature loss sees: it costs ~0.3 s an image (forward and
+# backward, 192² HR, one core), a GRM step ~2 s for all 16 (train/perceptual.py).
+FEATURE_IMAGES = 4
+
 
 class AdversarialTerms:
     """Generator-side loss terms and the discriminator's own update."""
@@ -45,7 +49,7 @@ class AdversarialTerms:
             ok, why = available()
             if not ok:
                 raise SystemExit(f"--feat-weight needs the EfficientNet-Lite0 weights: {why}")
-            self.features = FeatureLoss(bf16=bf16)
+            self.features = FeatureLoss(max_images=FEATURE_IMAGES)
         if gan > 0:
             self.disc = UNetDiscriminator(d_channels).to(memory_format=torch.channels_last)
             self.opt = torch.optim.AdamW(self.disc.parameters(), lr=d_lr, betas=(0.9, 0.99), weight_decay=0.0)
