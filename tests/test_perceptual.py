@@ -109,7 +109,7 @@ def test_trainer_feature_term_and_discriminator_carried_by_init(tmp_path, monkey
     assert main(common + ["--out", str(feat_run), "--init", str(gan_run / "last.pt"), "--gan-weight", "0.1",
                           "--feat-weight", "0.05", "--total-steps", "1"]) == 0
     log = (feat_run / "metrics.log").read_text()
-    assert "feat 0.05; discriminator restored" in log and " feat " in log.split("step 1 ")[-1]
+    assert "feat 0.05 energy 0.0; discriminator restored" in log and " feat " in log.split("step 1 ")[-1]
     ck = torch.load(feat_run / "last.pt", weights_only=False)
     assert ck["args"]["feat_weight"] == 0.05
     assert any(not torch.equal(d_gan[k], ck["disc"][k]) for k in d_gan)  # restored, then trained on
