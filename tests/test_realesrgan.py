@@ -140,7 +140,6 @@ def test_torch_teacher_is_the_ncnn_network(model, torch_teacher, shared_data):
     assert ours.shape == ref.shape == (3, 108, 132)
     assert (ours - ref).abs().max().item() < 1e-4
     bf16 = re_ncnn.RealESRGANTorch(tile=0, bf16=True)
-    bf16.net = torch_teacher.net  # the same weights, no second read
     err = (bf16(lr) - ref).abs()
     assert err.max().item() < 0.15 and err.mean().item() < 0.012, (err.max().item(), err.mean().item())
 

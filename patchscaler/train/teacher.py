@@ -78,8 +78,11 @@ class TiledTeacher:
     """Tiling and tensor plumbing shared by the teacher's backends: subclasses give `run_raw`."""
 
     scale = SCALE
-    tile: int
-    overlap: int
+
+    def __init__(self, tile: int, overlap: int):
+        if tile < 0 or overlap < 0:
+            raise ValueError(f"tile and overlap must be >= 0, got {tile}, {overlap}")
+        self.tile, self.overlap = tile, overlap
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -130,9 +133,8 @@ class RealESRGAN(TiledTeacher):
             import ncnn
         except ImportError as e:
             raise MissingExtra("ncnn not installed (pip install -r benchmarks/requirements.txt)") from e
-        if tile < 0 or overlap < 0:
-            raise ValueError(f"tile and overlap must be >= 0, got {tile}, {overlap}")
-        self.tile, self.overlap, self.model = tile, overlap, model
+        super().__init__(tile, overlap)
+        self.model = model
         self.threads = int(threads or torch.get_num_threads())
         self.param_path, self.bin_path = model_files(model)
         self._ncnn = ncnn
@@ -172,11 +174,10 @@ class RealESRGANTorch(TiledTeacher):
                  device: str | torch.device = "cpu", model: str = MODEL):
         from patchscaler.train.rrdbnet import x4plus_from_ncnn
 
-        if tile < 0 or overlap < 0:
-            raise ValueError(f"tile and overlap must be >= 0, got {tile}, {overlap}")
+        super().__init__(tile, overlap)
         if threads:
             torch.set_num_threads(int(threads))
-        self.tile, self.overlap, self.bf16, self.device = tile, overlap, bf16, torch.device(device)
+        self.bf16, self.device = bf16, torch.device(device)
         self.param_path, self.bin_path = model_files(model)
         self.net = x4plus_from_ncnn(self.param_path, self.bin_path).to(self.device, memory_format=torch.channels_last)
 
