@@ -85,6 +85,30 @@ def test_distill_loss_parts_and_confidence_against_the_truth():
     torch.testing.assert_close(loss_t, loss_g)
 
 
+def test_lowpass_distill_leaves_fine_strokes_to_the_texture_terms():
+    """--l1-lowpass: a fine checkerboard the student paints where the teacher has none (or the
+    teacher's strokes shifted) costs almost nothing; a tone error costs what plain L1 charges."""
+    from patchscaler.inference.codec import PixelUnshuffleCodec
+
+    codec = PixelUnshuffleCodec(4)
+    hr = torch.full((1, 3, 40, 44), 0.5)  # odd multiples of the scale: no power-of-two luck
+    yy, xx = torch.meshgrid(torch.arange(40), torch.arange(44), indexing="ij")
+    strokes = 0.2 * ((yy + xx) % 2 * 2 - 1).float()  # period-2 pattern
+    conf = torch.full((1, 1, 10, 11), 0.5)
+    plain, low = DistillLoss(1.0, 0.0), DistillLoss(1.0, 0.0, lowpass_sigma=1.5, scale=4)
+    t0 = codec.encode(hr)
+    fine = codec.encode(hr + strokes)
+    _, p_plain = plain(fine, t0, t0, t0, conf)
+    _, p_low = low(fine, t0, t0, t0, conf)
+    assert p_plain["l1_teacher"] > 0.39 and p_low["l1_teacher"] < 0.02 * p_plain["l1_teacher"]
+    tone = codec.encode(hr + 0.1)
+    _, t_plain = plain(tone, t0, t0, t0, conf)
+    _, t_low = low(tone, t0, t0, t0, conf)
+    assert abs(t_low["l1_teacher"] - t_plain["l1_teacher"]) < 1e-5
+    # The confidence term still sees the full-band error against the truth.
+    assert p_low["conf"] == p_plain["conf"] and p_low["l1"] == p_plain["l1"]
+
+
 def test_trainer_distils_from_labels_and_resumes(tmp_path):
     from patchscaler.train.grm import main
 

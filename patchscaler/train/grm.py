@@ -102,6 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: all there are when the run starts; a resumed run keeps its count)")
     p.add_argument("--w-teacher", type=float, default=1.0, help="weight of L1 to the teacher")
     p.add_argument("--w-gt", type=float, default=0.5, help="weight of L1 to the unsharp-masked ground truth")
+    p.add_argument("--l1-lowpass", type=float, default=0.0, metavar="SIGMA",
+                   help="with --teacher-labels: take the two L1 terms on the difference blurred by a Gaussian of SIGMA "
+                   "HR pixels (0 = full band), leaving finer texture to the feature/GAN/energy terms")
     p.add_argument("--usm-weight", type=float, default=0.5, help="unsharp-mask amount of the ground-truth target")
     p.add_argument("--gan-weight", type=float, default=0.0, help="with --teacher-labels: adversarial term (0 = off; ~0.1)")
     p.add_argument("--ldl-weight", type=float, default=0.0, help="with --teacher-labels: LDL artefact-map term (~1)")
@@ -118,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # What a resumed run keeps from its checkpoint unless the command line gives it again.
 RESUMED_SETTINGS = ("lr", "min_lr", "warmup", "total_steps", "ema", "lam", "eta", "bf16", "w_teacher", "w_gt",
-                    "usm_weight", "gan_weight", "ldl_weight", "fft_weight", "feat_weight", "energy_weight", "d_lr")
+                    "usm_weight", "l1_lowpass", "gan_weight", "ldl_weight", "fft_weight", "feat_weight", "energy_weight", "d_lr")
 
 
 def load_grm_state(path: str) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
@@ -371,7 +374,7 @@ def train(a: argparse.Namespace) -> GRM | None:
                 / len(it) for n, it in val.items()}
         log("val bicubic upsampling of the degraded LR: " + " ".join(f"{k}={v:.4f}" for k, v in base.items()))
     loss_fn = GRMLoss(a.lam, a.eta)
-    distill = DistillLoss(a.w_teacher, a.w_gt, a.lam, a.eta) if a.teacher_labels else None
+    distill = DistillLoss(a.w_teacher, a.w_gt, a.lam, a.eta, a.l1_lowpass, cfg.scale) if a.teacher_labels else None
     adversarial = AdversarialTerms(a.gan_weight, a.ldl_weight, a.fft_weight, a.d_channels, a.d_lr, a.bf16,
                                    feat=a.feat_weight, energy=a.energy_weight)
     if adversarial.active:
@@ -407,7 +410,8 @@ def train(a: argparse.Namespace) -> GRM | None:
         stream = LabelledBatches(a.teacher_labels, a.lr_patch, a.batch, seed=a.seed, start=step, shards=a.label_shards)
         a.label_shards = stream.shards  # recorded in the checkpoint's args: --resume uses the same data
         log(f"teacher labels: {stream.shards} shards, {len(stream)} tiles from {a.teacher_labels}; "
-            f"loss {a.w_teacher} x L1(teacher) + {a.w_gt} x L1(USM {a.usm_weight} ground truth)")
+            f"loss {a.w_teacher} x L1(teacher) + {a.w_gt} x L1(USM {a.usm_weight} ground truth)"
+            + (f", both on the difference blurred by sigma {a.l1_lowpass} HR px" if a.l1_lowpass else ""))
         batches = iter(stream)
     elif a.degradation == "real":
         # Degrading on the fly costs about half a training step: a worker process
