@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--lr-data", action="append", default=[], help="folder of LR files (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    grm, cfg = load_grm(4), PGSConfig.load()
+    grm, cfg = load_grm(4, model="bicubic"), PGSConfig.load(model="bicubic")  # the set with a PGS config
     print("| set | preset | images the caps change | DiT evals / image, thresholds → caps |")
     print("|---|---|---|---|")
     for folder in args.data or DEFAULT_DATA:

@@ -78,6 +78,7 @@ __all__ = [
     "register_method",
     "available_methods",
     "make_method",
+    "model_for",
     "find_dataset",
     "evaluate",
     "confidence_spearman",
@@ -115,6 +116,14 @@ def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
 def available_methods() -> list[str]:
     """Names accepted by `--method`, sorted."""
     return sorted(_METHODS)
+
+
+def model_for(degradation: str) -> str:
+    """The model set a protocol evaluates when none is named: the set trained for its
+    degradation (the sets are named after theirs), else `DEFAULT_MODEL` (``none``: photos).
+    Why not `DEFAULT_MODEL` always: the classic bicubic protocol measures the `bicubic` set,
+    whatever `upscale()` defaults to, so its commands keep measuring what they measured."""
+    return degradation if degradation in MODEL_SETS else DEFAULT_MODEL
 
 
 def make_method(name: str, scale: int, device: str | torch.device = "cpu", model: str = DEFAULT_MODEL) -> Method:
@@ -310,12 +319,12 @@ def evaluate(
     progress: bool = True,
     degradation: str = "bicubic",
     degradation_seed: int = 0,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Run `methods` on every image of `datasets`; returns {dataset: {method: scores}}.
 
     `degradation` / `degradation_seed`: how the LR is made (see the module docstring).
-    `model`: the model set whose weights the trained methods use.
+    `model`: the model set whose weights the trained methods use (default `model_for(degradation)`).
 
     scores: psnr (dB), ssim, niqe, hf_ratio (means over images), seconds (summed wall
     time of the method calls), images (count) and any method counters (summed).
@@ -324,6 +333,7 @@ def evaluate(
     from tqdm import tqdm
 
     device = torch.device(device)
+    model = model or model_for(degradation)
     runners = {}
     for name in methods:
         runners[name] = make_method(name, scale, device, model)
@@ -372,13 +382,13 @@ def confidence_spearman(
     progress: bool = True,
     degradation: str = "bicubic",
     degradation_seed: int = 0,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
 ) -> tuple[float, int]:
     """Spearman ρ between GRM tile confidence and tile latent MSE over a dataset.
 
     Tiles: non-overlapping `patch`×`patch` latent tiles (see `metrics.confidence`),
     pooled over all images; MSE of y0 against the codec latent of the modcropped HR.
-    Returns (ρ, number of tiles) for the GRM of model set `model`. Project bar: ρ ≤ −0.6 on B100.
+    Returns (ρ, number of tiles) for the GRM of model set `model` (default `model_for(degradation)`). Project bar: ρ ≤ −0.6 on B100.
     """
     from tqdm import tqdm
 
@@ -386,7 +396,7 @@ def confidence_spearman(
 
     device = torch.device(device)
     try:
-        grm = load_grm(scale, device=device, model=model)
+        grm = load_grm(scale, device=device, model=model or model_for(degradation))
     except FileNotFoundError as e:
         raise EvalError(f"confidence check: {e}") from e
     cs, es = [], []
@@ -466,8 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", action="append", metavar="M", choices=available_methods(),
                         help=f"method to evaluate (repeatable; default bicubic): {', '.join(available_methods())}")
     parser.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_SETS,
-                        help=f"model set of the trained methods (grm, pgs, ...; default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=None, choices=MODEL_SETS,
+                        help="model set of the trained methods (grm, pgs, ...; default: the set trained for "
+                             f"--degradation, {DEFAULT_MODEL} with --degradation none)")
     parser.add_argument("--json", metavar="OUT", help="write results here as JSON")
     parser.add_argument("--save", metavar="DIR", help="write SR images to DIR/<dataset>/<method>/")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N images (sorted) of each dataset")
@@ -484,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seed of the real-degradation protocol (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    args.model = args.model or model_for(args.degradation)
     if args.scale < 1:
         parser.error("--scale must be >= 1")
     if args.limit is not None and args.limit < 1:

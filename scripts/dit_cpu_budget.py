@@ -191,7 +191,7 @@ def section_components(rep: Report, threads: list[int], rounds: int, dit_cfg: Pa
 
     rep("## Components (per image, batch 1)")
     rep()
-    grm32 = load_grm()
+    grm32 = load_grm(model="bicubic")
     grm16 = copy.deepcopy(grm32).to(torch.bfloat16)
     dit = PatchDiT(dit_cfg).eval()
     rtm = random_rtm(4096, dit_cfg)
@@ -356,7 +356,7 @@ def section_train(rep: Report, threads: list[int], configs: list[PatchDiTConfig]
     # (4 patches each), then the RTM is queried (texture encoder + top-k) for the patches.
     from patchscaler.models.grm import load_grm
 
-    grm = load_grm()
+    grm = load_grm(model="bicubic")
     crops = torch.rand(batch // 4, 3, 48, 48)
     rtm = random_rtm(4096, configs[0])
     y0p = torch.randn(batch, C, PATCH, PATCH)
@@ -392,7 +392,7 @@ def section_e2e(rep: Report, threads: list[int], cfg: PatchDiTConfig, fractions:
         f"{fractions} (simple, medium, hard). LR = Set14 HR centre square, antialiased bicubic resize to the size. "
         f"Times are median of {rounds} runs after a warm-up run.")
     rep()
-    grm = load_grm()
+    grm = load_grm(model="bicubic")
     dit = PatchDiT(cfg).eval()
     rtm = random_rtm(4096, cfg)
 

@@ -10,6 +10,7 @@ import torch
 
 import patchscaler.ops  # noqa: F401  (registers torch.ops.patchscaler.*)
 from helpers import SHARED_DATA, write_model_set
+from patchscaler.checkpoints import DEFAULT_MODEL
 
 
 def pytest_collection_modifyitems(config, items):
@@ -53,7 +54,7 @@ class _FakeModels(dict):
     def __setitem__(self, key, value):
         super().__setitem__(key, value)
         if key == "pgs_available":
-            write_model_set(self.root, "bicubic", dit=value)
+            write_model_set(self.root, DEFAULT_MODEL, dit=value)
             from patchscaler import checkpoints
 
             checkpoints.clear()
@@ -73,7 +74,7 @@ def fake_models(weights_dir, monkeypatch):
     import patchscaler.inference.pipeline as pipeline
 
     state = _FakeModels(weights_dir)
-    write_model_set(weights_dir, "bicubic", dit=False)
+    write_model_set(weights_dir, DEFAULT_MODEL, dit=False)
     real_load_grm, real_build_sampler = pipeline.load_grm, pipeline.build_sampler
 
     def load_grm(*args, **kwargs):
@@ -82,7 +83,7 @@ def fake_models(weights_dir, monkeypatch):
 
     def build_sampler(name, model, device, dtype, quality="balanced"):
         state["qualities"].append(quality)
-        if name != "none" and model == "bicubic" and not dict.get(state, "pgs_available"):
+        if name != "none" and model == DEFAULT_MODEL and not dict.get(state, "pgs_available"):
             write_model_set(weights_dir, model, grm=False)  # asked for by name: the default set gets its DiT
         return real_build_sampler(name, model, device, dtype, quality)
 

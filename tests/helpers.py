@@ -18,9 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from patchscaler.checkpoints import DEFAULT_MODEL, MODEL_SETS
 from patchscaler.kernels import TRITON_AVAILABLE
 
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+# A model set that is not `DEFAULT_MODEL`: tests of "a set named by the caller" use it, so they
+# hold whichever set is the default.
+OTHER_SET = next(m for m in MODEL_SETS if m != DEFAULT_MODEL)
 
 # (atol, rtol) per dtype for kernels that accumulate in fp32 and store in `dtype`.
 TOLERANCES = {
@@ -145,14 +149,17 @@ def _brightness_gammas(b1: float, b2: float) -> list[float]:
     return [1 / (1 + math.exp(-(8 * b - 1.44))) for b in (b1, b2)]
 
 
-def write_model_set(root, model: str = "bicubic", grm: bool = True, dit: bool = True) -> Path:
-    """Tiny weight files for model set ``model`` under ``root``: a GRM (brightness confidence),
+def write_model_set(root, model: str | None = None, grm: bool = True, dit: bool = True) -> Path:
+    """Tiny weight files for model set ``model`` (default: the default set) under ``root``: a GRM (brightness confidence),
     and with ``dit`` a tiny Patch-DiT and a PGS config with presets (no texture memory).
     Returns the set's folder. Point the package at it with the PATCHSCALER_WEIGHTS variable."""
     from patchscaler.checkpoints import weights_file
     from patchscaler.models.dit import save_dit
     from patchscaler.models.grm import save_grm
     from patchscaler.sampling import PGSConfig
+    from patchscaler.checkpoints import DEFAULT_MODEL
+
+    model = model or DEFAULT_MODEL
 
     if grm:
         state, cfg = _brightness_grm_state()

@@ -21,7 +21,8 @@ from patchscaler import checkpoints
 from patchscaler.data.resize import bicubic_upscale
 from patchscaler.inference.pipeline import GroupMap, WeightsNotAvailableError
 
-from helpers import banded_image, write_model_set
+from helpers import OTHER_SET, banded_image, write_model_set
+from patchscaler.checkpoints import DEFAULT_MODEL
 
 
 def _u8(h, w, c, seed=0):
@@ -279,7 +280,7 @@ def test_quality_presets_with_the_shipped_models():
     img = Image.open(example_path())
     evals = {}
     for q in ("fast", "balanced", "detail"):
-        out, groups = patchscaler.upscale(img, sampler="pgs", quality=q, return_groups=True)
+        out, groups = patchscaler.upscale(img, model="bicubic", sampler="pgs", quality=q, return_groups=True)
         assert out.size == (512, 512)
         evals[q] = groups.evaluations
     assert evals["fast"] < evals["balanced"] < evals["detail"]
@@ -297,7 +298,7 @@ def test_info_reports_build_and_shipped_weights(capsys):
     # sampler file does not edit this test).
     from patchscaler.sampling.registry import SAMPLERS
 
-    assert d["samplers"]["bicubic"] == list(SAMPLERS) and d["default_model"] == "bicubic"
+    assert d["samplers"]["bicubic"] == list(SAMPLERS) and d["default_model"] == DEFAULT_MODEL
     assert d["samplers"]["bicubic"][:3] == ["pgs", "uniform", "none"]
     info.main([])
     out = capsys.readouterr().out
@@ -311,10 +312,11 @@ def test_info_reports_build_and_shipped_weights(capsys):
 
 def test_model_sets_are_chosen_by_name_and_checked(fake_models):
     x = banded_image(6, 6)
-    write_model_set(fake_models.root, "real", dit=False)  # a partial set: only its GRM
-    assert patchscaler.upscale(x, model="real", sampler="none").shape == (3, 24, 24)
-    with pytest.raises(WeightsNotAvailableError, match=r"sampler 'pgs' needs .*dit_x4\.safetensors.*'real'"):
-        patchscaler.upscale(x, model="real", sampler="pgs")
+    other = OTHER_SET
+    write_model_set(fake_models.root, other, dit=False)  # a partial set: only its GRM
+    assert patchscaler.upscale(x, model=other, sampler="none").shape == (3, 24, 24)
+    with pytest.raises(WeightsNotAvailableError, match=rf"sampler 'pgs' needs .*dit_x4\.safetensors.*'{other}'"):
+        patchscaler.upscale(x, model=other, sampler="pgs")
     with pytest.raises(ValueError, match="model must be one of 'real', 'bicubic'"):
         patchscaler.upscale(x, model="realistic")
     with pytest.raises(ValueError, match="model must be one of"):
@@ -322,8 +324,8 @@ def test_model_sets_are_chosen_by_name_and_checked(fake_models):
 
 
 def test_a_missing_model_set_fails_with_what_there_is(fake_models):
-    with pytest.raises(WeightsNotAvailableError, match=r"model set 'real' .*not in this install.*'bicubic'"):
-        patchscaler.upscale(banded_image(4, 4), model="real", sampler="none")
+    with pytest.raises(WeightsNotAvailableError, match=rf"model set '{OTHER_SET}' .*not in this install.*'{DEFAULT_MODEL}'"):
+        patchscaler.upscale(banded_image(4, 4), model=OTHER_SET, sampler="none")
 
 
 def test_a_set_names_its_own_default_sampler(weights_dir):

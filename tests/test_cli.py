@@ -15,7 +15,8 @@ from PIL import Image
 from patchscaler.command.cli import main
 from patchscaler.imaging.image_files import read_image, write_image
 
-from helpers import write_model_set
+from helpers import OTHER_SET, write_model_set
+from patchscaler.checkpoints import DEFAULT_MODEL
 
 
 def _png_bit_depth(path) -> int | None:
@@ -181,19 +182,19 @@ def test_bad_max_megapixels_is_one_line(fake_models, tmp_path, capsys, value):
 
 
 def test_missing_dit_weights_exit_2(tmp_path, capsys, weights_dir):
-    write_model_set(weights_dir, "bicubic", dit=False)
+    write_model_set(weights_dir, dit=False)  # the default set, without its DiT
     Image.fromarray(_rgb(3, 3)).save(tmp_path / "a.png")
     assert main([str(tmp_path / "a.png"), "--sampler", "pgs", "-q"]) == 2
     assert "does not include" in capsys.readouterr().err
 
 
 def test_model_option(tmp_path, capsys, weights_dir):
-    write_model_set(weights_dir, "bicubic", dit=False)
+    write_model_set(weights_dir, dit=False)
     Image.fromarray(_rgb(3, 3)).save(tmp_path / "a.png")
-    assert main([str(tmp_path / "a.png"), "--model", "real", "--sampler", "none", "-q"]) == 2
-    assert "model set 'real'" in capsys.readouterr().err  # a missing set: one line, exit 2
-    write_model_set(weights_dir, "real", dit=False)
-    assert main([str(tmp_path / "a.png"), "--model", "real", "--sampler", "none", "-q"]) == 0
+    assert main([str(tmp_path / "a.png"), "--model", OTHER_SET, "--sampler", "none", "-q"]) == 2
+    assert f"model set '{OTHER_SET}'" in capsys.readouterr().err  # a missing set: one line, exit 2
+    write_model_set(weights_dir, OTHER_SET, dit=False)
+    assert main([str(tmp_path / "a.png"), "--model", OTHER_SET, "--sampler", "none", "-q"]) == 0
     assert Image.open(tmp_path / "a_x4.png").size == (12, 12)
     with pytest.raises(SystemExit):
         main([str(tmp_path / "a.png"), "--model", "realistic"])
@@ -235,7 +236,8 @@ def test_save_groups_on_a_one_pixel_image(fake_models, tmp_path, sampler):
 
 def test_readme_example_command_with_shipped_weights(tmp_path):
     """The README's first command (its `patchscaler ...` part), as written, with the weights
-    that ship: the default sampler is PGS, the output is 4x, the group picture is made."""
+    that ship: the default set with its own default sampler (the set's set.json), the output
+    is 4x, the picture of the groups (or, for the GRM alone, the confidence) is made."""
     import os
     import re
     import shlex
@@ -251,11 +253,20 @@ def test_readme_example_command_with_shipped_weights(tmp_path):
     assert out.size == (512, 512)
     groups = Image.open(tmp_path / "dandelions_groups.png")
     assert groups.width >= 512
-    # Not the GRM alone: the diffusion sampler ran (its output differs from sampler="none").
-    assert main([argv[0], "-o", str(tmp_path / "grm.png"), "--sampler", "none", "-q"]) == 0
+    # Byte for byte the default set with its own sampler named, and not the other set, nor
+    # the default set's GRM alone where its own sampler is a diffusion one.
+    from patchscaler.checkpoints import set_manifest
+
+    own = set_manifest(DEFAULT_MODEL)["default_sampler"]
+    named = [("named.png", ["--model", DEFAULT_MODEL, "--sampler", own]), ("other.png", ["--model", OTHER_SET])]
+    if own != "none":
+        named.append(("grm.png", ["--sampler", "none"]))
+    for name, opts in named:
+        assert main([argv[0], "-o", str(tmp_path / name), *opts, "-q"]) == 0
+    pics = {name: np.asarray(Image.open(tmp_path / name), dtype=np.int16) for name, _ in named}
     a = np.asarray(out, dtype=np.int16)
-    b = np.asarray(Image.open(tmp_path / "grm.png"), dtype=np.int16)
-    assert np.abs(a - b).mean() > 0.5
+    assert np.array_equal(a, pics.pop("named.png"))
+    assert all(np.abs(a - b).mean() > 0.5 for b in pics.values())
 
 
 def test_quality_option(fake_models, tmp_path):

@@ -185,6 +185,20 @@ def test_confidence_spearman_with_a_stand_in_grm(tmp_path, monkeypatch):
     assert rho < -0.6, rho
 
 
+def test_a_protocol_measures_the_set_trained_for_its_degradation(image_folder, weights_dir, capsys):
+    """The classic bicubic protocol measures the `bicubic` set although `upscale()` defaults
+    to `real`; --degradation real measures `real`; photos without truth, the default set."""
+    from patchscaler.checkpoints import DEFAULT_MODEL, weights_file
+    from patchscaler.models import grm
+
+    assert (ev.model_for("bicubic"), ev.model_for("real"), ev.model_for("none")) == ("bicubic", "real", DEFAULT_MODEL)
+    model = grm.GRM(grm.GRMConfig(blocks=1)).eval()
+    grm.save_grm(model.state_dict(), model.config, weights_file("grm", "bicubic"))
+    assert ev.main(["--data", str(image_folder), "--method", "grm", "--no-progress"]) == 0
+    assert ev.main(["--data", str(image_folder), "--method", "grm", "--degradation", "real", "--no-progress"]) == 2
+    assert "model set 'real'" in capsys.readouterr().err  # only the bicubic set is installed here
+
+
 def test_grm_method_and_confidence_run_on_an_untrained_grm(image_folder, weights_dir):
     """Wiring check without shipped weights: an untrained GRM starts as exact bicubic."""
     from patchscaler.checkpoints import weights_file

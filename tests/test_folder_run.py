@@ -56,7 +56,7 @@ def _run(args, env):
 
 
 def test_torchrun_two_ranks_equal_one_process_and_report_failures(weights_dir, tmp_path):
-    write_model_set(weights_dir, "bicubic", dit=True)
+    write_model_set(weights_dir, dit=True)
     src = _folder(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", PATCHSCALER_WEIGHTS=str(weights_dir))
     single = _run([sys.executable, "-m", "patchscaler", str(src), "-o", str(tmp_path / "one"), "--sampler", "pgs",

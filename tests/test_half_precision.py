@@ -146,8 +146,8 @@ def _overflowing_set(root):
     from patchscaler.checkpoints import weights_file
     from patchscaler.models.dit import save_dit
 
-    write_model_set(root)
-    save_dit(overflowing_dit(), weights_file("dit", "bicubic", root), half=False)
+    write_model_set(root)  # the default set, which upscale() uses when no set is named
+    save_dit(overflowing_dit(), weights_file("dit", root=root), half=False)
 
 
 def test_upscale_fp16_reports_the_reruns_and_matches_fp32(tmp_path, monkeypatch):

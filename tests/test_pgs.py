@@ -285,7 +285,7 @@ def test_quality_presets_move_the_thresholds_and_caps_only():
 
 def test_shipped_presets_order_the_work():
     """The shipped config carries both presets, ordered fast < balanced < detail in work."""
-    cfg = PGSConfig.load()
+    cfg = PGSConfig.load(model="bicubic")  # the set that ships a calibrated PGS config
     shares = [cfg.presets["fast"]["evaluations_vs_uniform"], cfg.calibration["results"]["pgs"]["evaluations"]
               / cfg.calibration["results"]["uniform"]["evaluations"], cfg.presets["detail"]["evaluations_vs_uniform"]]
     assert shares == sorted(shares) and shares[1] <= 1 / 3
@@ -315,7 +315,7 @@ def test_caps_keep_the_lowest_confidence_patches_in_the_harder_group():
 def test_shipped_presets_change_the_cost_when_every_patch_is_below_the_thresholds():
     """Issue 21 item 5: on an image with low confidence everywhere (RealSRSet's frog) every
     preset used to put every patch in the hard group, at the same cost."""
-    cfg = PGSConfig.load()
+    cfg = PGSConfig.load(model="bicubic")  # the set that ships a calibrated PGS config
     q = torch.zeros(400)
     hard, work = {}, {}
     for name in ("fast", "balanced", "detail"):

@@ -116,8 +116,8 @@ def test_streamed_equals_unstreamed_with_the_shipped_models():
     assert weights_root() == PACKAGE_WEIGHTS  # not a test's tiny weights
     src = np.asarray(Image.open(PACKAGE_WEIGHTS.parent / "examples" / "dandelions_lr.png").convert("RGB"))
     x = torch.from_numpy(src[:120, :64].astype(np.float32) / 255).permute(2, 0, 1).contiguous()
-    [(ref, ref_map)] = PatchScalerPipeline(sampler="pgs", max_lr_pixels_per_run=ONE_BAND).upscale_images([x], seed=0)
-    pipe = PatchScalerPipeline(sampler="pgs", max_lr_pixels_per_run=64 * 28)
+    [(ref, ref_map)] = PatchScalerPipeline(sampler="pgs", model="bicubic", max_lr_pixels_per_run=ONE_BAND).upscale_images([x], seed=0)
+    pipe = PatchScalerPipeline(sampler="pgs", model="bicubic", max_lr_pixels_per_run=64 * 28)
     assert len(pipe._units([x], None)[0].bands) == 5
     [(out, gmap)] = pipe.upscale_images([x], seed=0, max_batch_patches=1)
     assert set(ref_map.group.tolist()) == {0, 1, 2}

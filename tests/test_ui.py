@@ -190,7 +190,7 @@ def test_upscale_files_reports_progress(tmp_path):
     # The page's progress bar is fed by upscale()'s progress callable: GRM tiles, then DiT
     # patch-evaluations, counted up to their planned total for each file.
     calls = []
-    (res,) = upscale_files([_image(tmp_path / "p.png", h=16, w=16)], sampler="pgs", quality="fast",
+    (res,) = upscale_files([_image(tmp_path / "p.png", h=16, w=16)], sampler="pgs", model="bicubic", quality="fast",
                            out_dir=tmp_path, progress=lambda i, done, total, stage: calls.append((i, done, total, stage)))
     assert res.error is None
     dit = [c for c in calls if c[3] == "dit"]

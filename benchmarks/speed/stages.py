@@ -9,11 +9,11 @@ import patchscaler
 tree = patchscaler.__file__.rsplit("/patchscaler/", 1)[0]
 sys.path.insert(0, tree + "/benchmarks")
 from patchscaler.api import get_pipeline
-from test_bench_pipeline import _input
+from test_bench_pipeline import MODEL, _input
 import patchscaler.sampling.engine as engine
 from patchscaler.sampling.denoiser import DiTDenoiser
 lr = _input(side)
-pipe = get_pipeline("pgs", 4, "cpu", torch.float32)
+pipe = get_pipeline("pgs", 4, "cpu", torch.float32, model=MODEL)
 den = pipe.sampler.denoiser
 T = {}
 def wrap(obj, name, key):

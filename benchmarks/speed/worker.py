@@ -5,7 +5,7 @@ torch.set_num_threads(threads)
 sys.path.insert(0, sys.argv[5])  # benchmarks dir for _input
 import patchscaler
 from patchscaler.api import get_pipeline
-from test_bench_pipeline import _input
+from test_bench_pipeline import MODEL, _input
 lr = _input(side)
 if sampler == "realesrgan":
     from patchscaler.train import teacher as realesrgan_ncnn
@@ -16,7 +16,7 @@ if sampler == "realesrgan":
         def upscale_images(self, ims, seed=0): return [(net(ims[0]), G())]
     pipe = P(); hr, g = net(lr[:, :32, :32]), G()
 else:
-    pipe = get_pipeline(sampler, 4, "cpu", torch.bfloat16 if dtype == "bf16" else torch.float32)
+    pipe = get_pipeline(sampler, 4, "cpu", torch.bfloat16 if dtype == "bf16" else torch.float32, model=MODEL)
     import os
     if os.environ.get("CPU_CHUNK"): pipe.sampler.denoiser.cpu_chunk = int(os.environ["CPU_CHUNK"])
     (hr, g), = pipe.upscale_images([lr], seed=0)
