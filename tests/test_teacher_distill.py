@@ -109,6 +109,28 @@ def test_lowpass_distill_leaves_fine_strokes_to_the_texture_terms():
     assert p_low["conf"] == p_plain["conf"] and p_low["l1"] == p_plain["l1"]
 
 
+def test_clean_share_swaps_in_bicubic_lr_with_the_truth_as_target():
+    from patchscaler.data.resize import bicubic_downscale
+    from patchscaler.train.grm import mix_clean
+
+    g = torch.Generator().manual_seed(1)
+    hr = torch.rand(8, 3, 36, 28, generator=g)
+    lr, t = torch.rand(8, 3, 9, 7, generator=g), torch.rand(8, 3, 36, 28, generator=g)
+    lr0 = lr.clone()
+    lr2, t2, hr2 = mix_clean(lr, t, hr, 0.25, 4, seed=5)
+    clean = [i for i in range(8) if torch.equal(t2[i], hr[i])]
+    assert len(clean) == 2 and hr2 is hr
+    for i in range(8):
+        if i in clean:
+            assert torch.equal(lr2[i], bicubic_downscale(hr[i], 4))
+        else:
+            assert torch.equal(lr2[i], lr[i]) and torch.equal(t2[i], t[i])
+    assert torch.equal(lr, lr0)  # the input batch is not modified
+    again = mix_clean(lr, t, hr, 0.25, 4, seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(again, (lr2, t2, hr2)))  # a function of the seed: --resume repeats it
+    assert mix_clean(lr, t, hr, 0.0, 4, seed=5)[0] is lr
+
+
 def test_trainer_distils_from_labels_and_resumes(tmp_path):
     from patchscaler.train.grm import main
 
@@ -119,7 +141,7 @@ def test_trainer_distils_from_labels_and_resumes(tmp_path):
     common = ["--teacher-labels", str(labels), "--out", str(out), "--channels", "8", "--blocks", "1",
               "--batch", "2", "--lr-patch", "12", "--threads", "1", "--val-sets", "", "--warmup", "1",
               "--log-every", "1", "--no-bf16"]
-    assert main(common + ["--total-steps", "3"]) == 0
+    assert main(common + ["--total-steps", "3", "--clean-share", "0.5"]) == 0
     ck = torch.load(out / "last.pt", weights_only=False)
     assert ck["step"] == 3 and ck["args"]["degradation"] == "real" and ck["args"]["label_shards"] == 2
     log = (out / "metrics.log").read_text()
@@ -129,7 +151,7 @@ def test_trainer_distils_from_labels_and_resumes(tmp_path):
     resume = [a for a in common if a not in ("--teacher-labels", str(labels))]
     assert main(resume + ["--resume", "--total-steps", "5"]) == 0
     ck = torch.load(out / "last.pt", weights_only=False)
-    assert ck["step"] == 5 and ck["args"]["teacher_labels"] == str(labels)
+    assert ck["step"] == 5 and ck["args"]["teacher_labels"] == str(labels) and ck["args"]["clean_share"] == 0.5
 
 
 def test_discriminator_gives_a_logit_per_pixel_and_rejects_bad_sizes():
