@@ -6,6 +6,9 @@ the shards are written by hand with the layout `train.teacher_labels` writes.
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
 from patchscaler.models.losses import DistillLoss, grm_loss, usm_sharpen
@@ -255,3 +258,8 @@ def test_adversarial_fine_tune_trains_and_resumes_its_discriminator(tmp_path):
         assert "--teacher-labels" in str(e)
     else:
         raise AssertionError("an adversarial term without labels must be refused")
+    for bad, why in ((["--clean-share", "0.25"], "--teacher-labels"), (["--l1-lowpass", "1.5"], "--teacher-labels"),
+                     (["--teacher-labels", str(labels), "--clean-share", "1.5"], "[0, 1]"),
+                     (["--teacher-labels", str(labels), "--l1-lowpass", "-1"], ">= 0")):
+        with pytest.raises(SystemExit, match=re.escape(why)):
+            main(bad + ["--out", str(tmp_path / "refused"), "--threads", "1"])

@@ -318,9 +318,11 @@ def train(a: argparse.Namespace) -> GRM | None:
     ctl = RunControl(a.minutes, a.ckpt_minutes)
     if a.teacher_labels:
         a.degradation = "real"  # the labels are of real-degraded LR
-    elif a.gan_weight or a.ldl_weight or a.fft_weight or a.feat_weight or a.energy_weight:
-        raise SystemExit("--gan-weight/--ldl-weight/--fft-weight/--feat-weight/--energy-weight need --teacher-labels "
-                         "(they fine-tune a distillation run)")
+    elif a.gan_weight or a.ldl_weight or a.fft_weight or a.feat_weight or a.energy_weight or a.l1_lowpass or a.clean_share:
+        raise SystemExit("--gan-weight/--ldl-weight/--fft-weight/--feat-weight/--energy-weight/--l1-lowpass/--clean-share "
+                         "need --teacher-labels (they fine-tune a distillation run)")
+    if not 0 <= a.clean_share <= 1 or a.l1_lowpass < 0:
+        raise SystemExit(f"--clean-share must be in [0, 1] and --l1-lowpass >= 0, got {a.clean_share} and {a.l1_lowpass}")
     check_batch_divides(a.batch, ctx)
     if a.energy_weight and (a.scale * a.lr_patch) % ENERGY_TILE:
         raise SystemExit(f"--energy-weight compares {ENERGY_TILE}-pixel HR tiles: --lr-patch x {a.scale} must be a "
