@@ -58,8 +58,8 @@ __all__ = [
 
 MODEL_SETS = ("real", "bicubic")
 # The set `upscale()` and the command use when none is named (eval: the set trained for its
-# protocol's degradation). Still "bicubic": the "real" set beats it on real photos in PSNR,
-# SSIM and standard NIQE, but paints wax, and on clean inputs (the bundled example) it is
+# protocol's degradation). Still "bicubic": the "real" set beats it on real-degraded B100
+# and RealSRSet in PSNR, SSIM and standard NIQE, but paints wax, and on clean inputs (the bundled example) it is
 # 3 dB below plain bicubic (README, Real-world photos). The tests, benchmarks and scripts
 # name the set they need, so flipping the default is this one line.
 DEFAULT_MODEL = "bicubic"

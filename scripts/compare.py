@@ -1,7 +1,7 @@
 """Side-by-side detail of the bundled example: bicubic, the `bicubic` set's GRM alone and
 PatchScaler (PGS), and the original photo, one region zoomed. The example is a clean
-bicubic downscale, so this picture uses the set made for such inputs (named: the default
-set is `real`).
+bicubic downscale, so this picture names the set made for such inputs rather than
+following the default set.
 
     python scripts/compare.py [OUTPUT] [--photo PHOTO]
 

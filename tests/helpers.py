@@ -150,14 +150,13 @@ def _brightness_gammas(b1: float, b2: float) -> list[float]:
 
 
 def write_model_set(root, model: str | None = None, grm: bool = True, dit: bool = True) -> Path:
-    """Tiny weight files for model set ``model`` (default: the default set) under ``root``: a GRM (brightness confidence),
-    and with ``dit`` a tiny Patch-DiT and a PGS config with presets (no texture memory).
+    """Tiny weight files for model set ``model`` (default: `DEFAULT_MODEL`) under ``root``: a GRM
+    (brightness confidence), and with ``dit`` a tiny Patch-DiT and a PGS config with presets (no texture memory).
     Returns the set's folder. Point the package at it with the PATCHSCALER_WEIGHTS variable."""
     from patchscaler.checkpoints import weights_file
     from patchscaler.models.dit import save_dit
     from patchscaler.models.grm import save_grm
     from patchscaler.sampling import PGSConfig
-    from patchscaler.checkpoints import DEFAULT_MODEL
 
     model = model or DEFAULT_MODEL
 

@@ -186,8 +186,8 @@ def test_confidence_spearman_with_a_stand_in_grm(tmp_path, monkeypatch):
 
 
 def test_a_protocol_measures_the_set_trained_for_its_degradation(image_folder, weights_dir, capsys):
-    """The classic bicubic protocol measures the `bicubic` set although `upscale()` defaults
-    to `real`; --degradation real measures `real`; photos without truth, the default set."""
+    """The classic bicubic protocol measures the `bicubic` set whichever set `upscale()`
+    defaults to; --degradation real measures `real`; photos without truth, the default set."""
     from patchscaler.checkpoints import DEFAULT_MODEL, weights_file
     from patchscaler.models import grm
 

@@ -86,7 +86,10 @@ class GRMLoss:
         return grm_loss(y0, x0, conf, self.lam, self.eta, self.detach_error)
 
 
-def _gaussian_1d(sigma: float, radius: int) -> Tensor:
+def _gaussian_1d(sigma: float, side: int) -> Tensor:
+    """Normalised 1-D Gaussian of ``sigma``, cut at 3σ and below ``side`` (the shorter side of
+    the image it blurs: reflect padding needs a radius smaller than it)."""
+    radius = min(int(math.ceil(3 * sigma)), side - 1)
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
@@ -109,8 +112,7 @@ def usm_sharpen(img: Tensor, weight: float = 0.5, sigma: float = 8.0, threshold:
     clamped to [0, 1]. Why: L1 to a ground truth the LR cannot determine pulls towards the
     mean of its possibilities, which is blur; a sharper target offsets part of that.
     """
-    radius = min(int(math.ceil(3 * sigma)), (min(img.shape[-2:]) - 1))
-    k = _gaussian_1d(sigma, radius)
+    k = _gaussian_1d(sigma, min(img.shape[-2:]))
     residual = img - _separable_blur(img, k)
     mask = (residual.abs() > threshold).to(img.dtype)
     soft = _separable_blur(mask, k)
@@ -148,8 +150,7 @@ class DistillLoss:
         if self.lowpass_sigma <= 0:
             return d.abs().mean()
         hr = F.pixel_shuffle(d, self.scale)  # latent → HR layout; the codec is linear, so this is the HR difference ×2
-        radius = min(int(math.ceil(3 * self.lowpass_sigma)), min(hr.shape[-2:]) - 1)
-        return _separable_blur(hr, _gaussian_1d(self.lowpass_sigma, radius)).abs().mean()
+        return _separable_blur(hr, _gaussian_1d(self.lowpass_sigma, min(hr.shape[-2:]))).abs().mean()
 
     def __call__(self, y0: Tensor, t0: Tensor, x0_sharp: Tensor, x0: Tensor, conf: Tensor) -> tuple[Tensor, dict[str, float]]:
         y = y0.float()

@@ -398,7 +398,7 @@ def train(a: argparse.Namespace) -> GRM | None:
                 / len(it) for n, it in val.items()}
         log("val bicubic upsampling of the degraded LR: " + " ".join(f"{k}={v:.4f}" for k, v in base.items()))
     loss_fn = GRMLoss(a.lam, a.eta)
-    distill = DistillLoss(a.w_teacher, a.w_gt, a.lam, a.eta, a.l1_lowpass, cfg.scale) if a.teacher_labels else None
+    distill = DistillLoss(a.w_teacher, a.w_gt, a.lam, a.eta, lowpass_sigma=a.l1_lowpass, scale=cfg.scale) if a.teacher_labels else None
     adversarial = AdversarialTerms(a.gan_weight, a.ldl_weight, a.fft_weight, a.d_channels, a.d_lr, a.bf16,
                                    feat=a.feat_weight, energy=a.energy_weight)
     if adversarial.active:
