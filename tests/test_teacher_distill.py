@@ -134,6 +134,34 @@ def test_clean_share_swaps_in_bicubic_lr_with_the_truth_as_target():
     assert mix_clean(lr, t, hr, 0.0, 4, seed=5)[0] is lr
 
 
+def test_clean_share_can_carry_mild_noise_and_jpeg_on_the_clean_lr_only():
+    from patchscaler.train.grm import mix_clean
+
+    g = torch.Generator().manual_seed(2)
+    hr = torch.rand(16, 3, 64, 48, generator=g)
+    lr, t = torch.rand(16, 3, 16, 12, generator=g), torch.rand(16, 3, 64, 48, generator=g)
+    plain = mix_clean(lr, t, hr, 0.5, 4, seed=7)
+    clean = [i for i in range(16) if torch.equal(plain[1][i], hr[i])]
+    noisy = mix_clean(lr, t, hr, 0.5, 4, seed=7, noise=10)
+    # Same samples chosen, same targets; only the clean LR changes, by noise no larger than asked.
+    assert torch.equal(noisy[1], plain[1])
+    for i in range(16):
+        d = (noisy[0][i] - plain[0][i]).clamp_min(-plain[0][i]).clamp_max(1 - plain[0][i])  # clamped at [0, 1]
+        if i in clean:
+            assert 0 < d.std() < 10 / 255 * 1.2
+        else:
+            assert torch.equal(noisy[0][i], lr[i])
+    assert 0 <= noisy[0].min() and noisy[0].max() <= 1
+    stds = sorted(float((noisy[0][i] - plain[0][i]).std()) for i in clean)
+    assert stds[-1] > 2 * stds[0]  # sigma is drawn per sample, not fixed
+    coded = mix_clean(lr, t, hr, 0.5, 4, seed=7, jpeg_min=30)
+    for i in clean:  # JPEG output is 8-bit and not the input
+        assert torch.equal(coded[0][i], (coded[0][i] * 255).round() / 255)
+        assert (coded[0][i] - plain[0][i]).abs().mean() > 1 / 255
+    both = mix_clean(lr, t, hr, 0.5, 4, seed=7, noise=10, jpeg_min=30)
+    assert torch.equal(both[0], mix_clean(lr, t, hr, 0.5, 4, seed=7, noise=10, jpeg_min=30)[0])  # seeded
+
+
 def test_trainer_distils_from_labels_and_resumes(tmp_path):
     from patchscaler.train.grm import main
 
@@ -144,7 +172,7 @@ def test_trainer_distils_from_labels_and_resumes(tmp_path):
     common = ["--teacher-labels", str(labels), "--out", str(out), "--channels", "8", "--blocks", "1",
               "--batch", "2", "--lr-patch", "12", "--threads", "1", "--val-sets", "", "--warmup", "1",
               "--log-every", "1", "--no-bf16"]
-    assert main(common + ["--total-steps", "3", "--clean-share", "0.5"]) == 0
+    assert main(common + ["--total-steps", "3", "--clean-share", "0.5", "--clean-noise", "3", "--clean-jpeg", "80"]) == 0
     ck = torch.load(out / "last.pt", weights_only=False)
     assert ck["step"] == 3 and ck["args"]["degradation"] == "real" and ck["args"]["label_shards"] == 2
     log = (out / "metrics.log").read_text()
@@ -155,6 +183,8 @@ def test_trainer_distils_from_labels_and_resumes(tmp_path):
     assert main(resume + ["--resume", "--total-steps", "5"]) == 0
     ck = torch.load(out / "last.pt", weights_only=False)
     assert ck["step"] == 5 and ck["args"]["teacher_labels"] == str(labels) and ck["args"]["clean_share"] == 0.5
+    assert ck["args"]["clean_noise"] == 3 and ck["args"]["clean_jpeg"] == 80
+    assert "(noise sigma <= 3.0 levels) (JPEG quality >= 80)" in log
 
 
 def test_discriminator_gives_a_logit_per_pixel_and_rejects_bad_sizes():
@@ -260,6 +290,9 @@ def test_adversarial_fine_tune_trains_and_resumes_its_discriminator(tmp_path):
         raise AssertionError("an adversarial term without labels must be refused")
     for bad, why in ((["--clean-share", "0.25"], "--teacher-labels"), (["--l1-lowpass", "1.5"], "--teacher-labels"),
                      (["--teacher-labels", str(labels), "--clean-share", "1.5"], "[0, 1]"),
-                     (["--teacher-labels", str(labels), "--l1-lowpass", "-1"], ">= 0")):
+                     (["--teacher-labels", str(labels), "--l1-lowpass", "-1"], ">= 0"),
+                     (["--teacher-labels", str(labels), "--clean-noise", "3"], "need --clean-share"),
+                     (["--teacher-labels", str(labels), "--clean-share", "0.2", "--clean-jpeg", "99"], "[1, 95]"),
+                     (["--teacher-labels", str(labels), "--clean-share", "0.2", "--clean-noise", "-2"], "[0, 50]")):
         with pytest.raises(SystemExit, match=re.escape(why)):
             main(bad + ["--out", str(tmp_path / "refused"), "--threads", "1"])

@@ -105,6 +105,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clean-share", type=float, default=0.0, metavar="P",
                    help="with --teacher-labels: this share of each batch gets the clean bicubic downscale of its HR "
                    "as LR and the HR itself as target (0 = all degraded), so the real set does no harm to clean inputs")
+    p.add_argument("--clean-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="with --clean-share: add Gaussian noise of sigma uniform in [0, SIGMA] 8-bit levels to the clean "
+                   "LR (half of it grey), so a clean image's noise is still removed, not kept as detail")
+    p.add_argument("--clean-jpeg", type=int, default=0, metavar="Q",
+                   help="with --clean-share: JPEG-compress the clean LR at a quality uniform in [Q, 95] (0 = none)")
     p.add_argument("--l1-lowpass", type=float, default=0.0, metavar="SIGMA",
                    help="with --teacher-labels: take the two L1 terms on the difference blurred by a Gaussian of SIGMA "
                    "HR pixels (0 = full band), leaving finer texture to the feature/GAN/energy terms")
@@ -127,21 +132,35 @@ RESUMED_SETTINGS = ("lr", "min_lr", "warmup", "total_steps", "ema", "lam", "eta"
                     "usm_weight", "l1_lowpass", "gan_weight", "ldl_weight", "fft_weight", "feat_weight", "energy_weight", "d_lr")
 
 
-def mix_clean(lr: torch.Tensor, teacher: torch.Tensor, hr: torch.Tensor, share: float, scale: int, seed: int
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mix_clean(lr: torch.Tensor, teacher: torch.Tensor, hr: torch.Tensor, share: float, scale: int, seed: int,
+              noise: float = 0.0, jpeg_min: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A labelled batch with ``round(share·B)`` of its samples (chosen by ``seed``) made clean:
     LR = the MATLAB-bicubic downscale of the HR (as the benchmark protocol and most resized
     web images), target = the HR. Why: trained only on heavy degradations, the `real` GRM
     treats a clean image's fine detail as noise (Set5 3 dB below plain bicubic), which keeps
-    it from being the one default; the teacher is no target there, it is below bicubic too."""
+    it from being the one default; the teacher is no target there, it is below bicubic too.
+
+    ``noise`` (σ drawn uniform in [0, noise] 8-bit levels, half grey) and ``jpeg_min`` (quality
+    uniform in [jpeg_min, 95]) degrade the clean LR mildly, the target staying the HR. Why: with
+    spotless clean inputs the net learns "fine structure in a sharp input is detail, keep it",
+    and then keeps heavy noise too, as worms (RealSRSet frog and dog); mild noise and JPEG on
+    the clean share teach it that noise is removed even where the rest is to be kept."""
     n = round(share * lr.shape[0])
     if n == 0:
         return lr, teacher, hr
+    from patchscaler.data.degradations import gaussian_noise, jpeg
     from patchscaler.data.resize import bicubic_downscale
 
-    idx = torch.randperm(lr.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(lr.shape[0], generator=gen)[:n]
     lr, teacher = lr.clone(), teacher.clone()
-    lr[idx] = bicubic_downscale(hr[idx], scale)
+    clean = bicubic_downscale(hr[idx], scale)
+    if noise:
+        sigma = torch.rand(n, generator=gen) * (noise / 255)
+        clean = gaussian_noise(clean, sigma, torch.rand(n, generator=gen) < 0.5, gen)
+    if jpeg_min:
+        clean = jpeg(clean, torch.randint(jpeg_min, 96, (n,), generator=gen))
+    lr[idx] = clean.clamp(0, 1) if (noise or jpeg_min) else clean
     teacher[idx] = hr[idx]
     return lr, teacher, hr
 
@@ -323,6 +342,11 @@ def train(a: argparse.Namespace) -> GRM | None:
                          "need --teacher-labels (they fine-tune a distillation run)")
     if not 0 <= a.clean_share <= 1 or a.l1_lowpass < 0:
         raise SystemExit(f"--clean-share must be in [0, 1] and --l1-lowpass >= 0, got {a.clean_share} and {a.l1_lowpass}")
+    if (a.clean_noise or a.clean_jpeg) and not a.clean_share:
+        raise SystemExit("--clean-noise/--clean-jpeg degrade the clean share: they need --clean-share")
+    if not 0 <= a.clean_noise <= 50 or not (a.clean_jpeg == 0 or 1 <= a.clean_jpeg <= 95):
+        raise SystemExit(f"--clean-noise must be in [0, 50] levels and --clean-jpeg 0 or in [1, 95], "
+                         f"got {a.clean_noise} and {a.clean_jpeg}")
     check_batch_divides(a.batch, ctx)
     if a.energy_weight and (a.scale * a.lr_patch) % ENERGY_TILE:
         raise SystemExit(f"--energy-weight compares {ENERGY_TILE}-pixel HR tiles: --lr-patch x {a.scale} must be a "
@@ -336,7 +360,8 @@ def train(a: argparse.Namespace) -> GRM | None:
         # schedule and loss weights unless given again.
         saved = ck.get("args", {})
         a.degradation = saved.get("degradation", "bicubic")
-        for key in ("teacher_labels", "label_shards", "clean_share", "d_channels", "batch", "lr_patch", "seed"):
+        for key in ("teacher_labels", "label_shards", "clean_share", "clean_noise", "clean_jpeg", "d_channels", "batch",
+                    "lr_patch", "seed"):
             setattr(a, key, saved.get(key, getattr(a, key)))
         keep_run_args(a, saved, RESUMED_SETTINGS, log)
     elif a.init:
@@ -436,7 +461,9 @@ def train(a: argparse.Namespace) -> GRM | None:
         log(f"teacher labels: {stream.shards} shards, {len(stream)} tiles from {a.teacher_labels}; "
             f"loss {a.w_teacher} x L1(teacher) + {a.w_gt} x L1(USM {a.usm_weight} ground truth)"
             + (f", both on the difference blurred by sigma {a.l1_lowpass} HR px" if a.l1_lowpass else "")
-            + (f"; {a.clean_share:.0%} of each batch clean bicubic LR with the HR as target" if a.clean_share else ""))
+            + (f"; {a.clean_share:.0%} of each batch clean bicubic LR with the HR as target" if a.clean_share else "")
+            + (f" (noise sigma <= {a.clean_noise} levels)" if a.clean_noise else "")
+            + (f" (JPEG quality >= {a.clean_jpeg})" if a.clean_jpeg else ""))
         batches = iter(stream)
     elif a.degradation == "real":
         # Degrading on the fly costs about half a training step: a worker process
@@ -485,7 +512,8 @@ def train(a: argparse.Namespace) -> GRM | None:
         if batches is None:
             lr_img, hr_img = pool.sample(a.batch, a.lr_patch, gen)
         elif distill is not None:
-            lr_img, t_img, hr_img = mix_clean(*next(batches), a.clean_share, cfg.scale, seed=a.seed * 1_000_003 + step)
+            lr_img, t_img, hr_img = mix_clean(*next(batches), a.clean_share, cfg.scale, seed=a.seed * 1_000_003 + step,
+                                              noise=a.clean_noise, jpeg_min=a.clean_jpeg)
             t_img = rank_slice(t_img, ctx)
         else:
             lr_img, hr_img = next(batches)
