@@ -33,7 +33,7 @@ MODEL = "bicubic"
 
 
 def _input(side: int) -> torch.Tensor:
-    img = load_image(example_path())
+    img = load_image(example_path(MODEL))
     while min(img.shape[-2:]) < side:
         img = torch.cat([img, img.flip(-1)], dim=-1)
         img = torch.cat([img, img.flip(-2)], dim=-2)

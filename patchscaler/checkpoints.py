@@ -58,11 +58,12 @@ __all__ = [
 
 MODEL_SETS = ("real", "bicubic")
 # The set `upscale()` and the command use when none is named (eval: the set trained for its
-# protocol's degradation). Still "bicubic": the "real" set beats it on real-degraded B100
-# and RealSRSet in PSNR, SSIM and standard NIQE, but paints wax, and on clean inputs (the bundled example) it is
-# 3 dB below plain bicubic (README, Real-world photos). The tests, benchmarks and scripts
-# name the set they need, so flipping the default is this one line.
-DEFAULT_MODEL = "bicubic"
+# protocol's degradation). "real": photos as people have them carry noise, blur and JPEG,
+# where the "real" set beats the "bicubic" set (real-degraded B100 and RealSRSet: PSNR,
+# SSIM and standard NIQE) and the "bicubic" set sharpens the noise and the blocks. Clean,
+# resized images are the "bicubic" set's (README, Real-world photos). The tests,
+# benchmarks and scripts name the set they need, so this one line is the default.
+DEFAULT_MODEL = "real"
 ENV_VAR = "PATCHSCALER_WEIGHTS"
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
 # Component → file name inside a set folder, and what makes it (for the error messages).

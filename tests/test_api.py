@@ -241,9 +241,9 @@ def test_cuda_without_cuda(fake_models):
 
 def test_shipped_grm():
     """With the shipped GRM: a sane ×4 of the bundled example. Without it: a clear error."""
-    from patchscaler.examples import EXAMPLE_LR
+    from patchscaler.examples import example_path
 
-    lr = Image.open(EXAMPLE_LR).convert("RGB").crop((0, 0, 24, 24))
+    lr = Image.open(example_path()).convert("RGB").crop((0, 0, 24, 24))
     if not checkpoints.weights_file("grm").is_file():
         with pytest.raises(WeightsNotAvailableError, match="GRM weights"):
             patchscaler.upscale(lr, sampler="none")
@@ -277,7 +277,7 @@ def test_quality_presets_with_the_shipped_models():
     from patchscaler.examples import example_path
     from PIL import Image
 
-    img = Image.open(example_path())
+    img = Image.open(example_path("bicubic"))
     evals = {}
     for q in ("fast", "balanced", "detail"):
         out, groups = patchscaler.upscale(img, model="bicubic", sampler="pgs", quality=q, return_groups=True)

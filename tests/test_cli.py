@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+import torch
 
 from patchscaler.command.cli import main
 from patchscaler.imaging.image_files import read_image, write_image
@@ -219,6 +220,43 @@ def test_example_module_runs_offline(fake_models, tmp_path):
     assert Image.open(tmp_path / "dandelions_groups.png").width >= 512
 
 
+def test_each_model_set_has_its_example_and_the_example_module_runs_the_one_of_its_set(fake_models, tmp_path, monkeypatch):
+    import patchscaler.examples.__main__ as example_module
+    from patchscaler.checkpoints import DEFAULT_MODEL, MODEL_SETS
+    from patchscaler.examples import EXAMPLES, example_path
+
+    assert set(EXAMPLES) == set(MODEL_SETS) and example_path() == EXAMPLES[DEFAULT_MODEL]
+    pixels = {m: np.asarray(Image.open(example_path(m))) for m in MODEL_SETS}
+    assert all(p.shape == (128, 128, 3) for p in pixels.values())
+    # The same crop under two degradations: alike in tone, not the same pixels.
+    diff = np.abs(pixels["real"].astype(int) - pixels["bicubic"].astype(int))
+    assert 0 < diff.mean() < 20
+    with pytest.raises(ValueError, match="model must be one of"):
+        example_path("nope")
+    ran = []
+    monkeypatch.setattr(example_module, "cli_main", lambda argv: ran.append(argv) or 0)
+    for argv, model in (([], DEFAULT_MODEL), (["--model", "bicubic"], "bicubic"), (["--model=real", "-q"], "real"),
+                        (["--model", "nope"], DEFAULT_MODEL), (["--model"], DEFAULT_MODEL)):
+        assert example_module.main([str(tmp_path)] + argv) == 0
+        example, rest = ran[-1][0], ran[-1][5:]  # then -o OUT --save-groups GROUPS
+        assert example == str(example_path(model)) and rest == argv  # the options go on as given
+
+
+def test_the_real_example_is_the_seeded_degradation_of_the_crop(shared_data):
+    """`dandelions_real_lr.png` is what `scripts/make_example.py` makes (so it can be remade)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import make_example
+    from patchscaler.examples import EXAMPLE_REAL_LR
+
+    photo = Path(shared_data) / "train" / "photos" / make_example.DEFAULT_PHOTO.name
+    lr = make_example.degraded(make_example.example_hr(photo), "real")
+    bundled = torch.from_numpy(np.asarray(Image.open(EXAMPLE_REAL_LR)).astype(np.float32) / 255).permute(2, 0, 1)
+    assert torch.equal((lr * 255).round() / 255, bundled)
+
+
 def test_console_script_help():
     res = subprocess.run([sys.executable, "-m", "patchscaler.command.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "--save-groups" in res.stdout and "--bf16" in res.stdout
@@ -251,7 +289,7 @@ def test_readme_example_command_with_shipped_weights(tmp_path):
     assert main(argv + ["-q"]) == 0
     out = Image.open(tmp_path / "dandelions_x4.png")
     assert out.size == (512, 512)
-    groups = Image.open(tmp_path / "dandelions_groups.png")
+    groups = Image.open(argv[argv.index("--save-groups") + 1])
     assert groups.width >= 512
     # Byte for byte the default set with its own sampler named, and not the other set, nor
     # the default set's GRM alone where its own sampler is a diffusion one.

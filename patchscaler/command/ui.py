@@ -340,9 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     initial: list[Result] = []
     if args.example:
-        from patchscaler.examples import EXAMPLE_LR
+        from patchscaler.examples import example_path
 
-        initial = upscale_files([EXAMPLE_LR], sampler=args.example_sampler)
+        initial = upscale_files([example_path()], sampler=args.example_sampler)
     app = build_app(initial, max_megapixels=args.max_megapixels)
     print(f"patchscaler-ui: serving on http://{args.host}:{args.port}", flush=True)
     app.queue().launch(server_name=args.host, server_port=args.port, share=False,

@@ -1,9 +1,10 @@
 """``python -m patchscaler.examples [OUTPUT_DIR] [CLI options]``: upscale the bundled example.
 
-Runs the ``patchscaler`` command on ``dandelions_lr.png`` and writes
-``OUTPUT_DIR/dandelions_x4.png`` and ``OUTPUT_DIR/dandelions_groups.png``. Other
+Runs the ``patchscaler`` command on the example made for the model set it runs
+(``--model SET``, default the default set: `patchscaler.examples.example_path`) and
+writes ``OUTPUT_DIR/dandelions_x4.png`` and ``OUTPUT_DIR/dandelions_groups.png``. Other
 options (``--sampler``, ``--device``, ``--seed``, ...) go to the command as they are.
-Works offline: the example and the weights ship inside the package.
+Works offline: the examples and the weights ship inside the package.
 """
 
 from __future__ import annotations
@@ -11,8 +12,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from patchscaler.checkpoints import MODEL_SETS
 from patchscaler.command.cli import main as cli_main
-from patchscaler.examples import EXAMPLE_LR
+from patchscaler.examples import example_path
+
+
+def _model_named(argv: list[str]) -> str | None:
+    """The set ``--model SET`` / ``--model=SET`` names in ``argv``, if a known one (the
+    command itself reports an unknown one)."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--model" and i + 1 < len(argv) else arg.partition("=")[2]
+        if (arg == "--model" or arg.startswith("--model=")) and value in MODEL_SETS:
+            return value
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(argv.pop(0)) if argv and not argv[0].startswith("-") else Path(".")
     out_dir.mkdir(parents=True, exist_ok=True)
     return cli_main(
-        [str(EXAMPLE_LR), "-o", str(out_dir / "dandelions_x4.png"), "--save-groups", str(out_dir / "dandelions_groups.png")]
-        + argv
+        [str(example_path(_model_named(argv))), "-o", str(out_dir / "dandelions_x4.png"),
+         "--save-groups", str(out_dir / "dandelions_groups.png")] + argv
     )
 
 
