@@ -313,6 +313,19 @@ def test_quality_option(fake_models, tmp_path):
     assert fake_models["qualities"][-1] == "detail"
 
 
+@pytest.mark.parametrize("sampler", ["none", "uniform"])
+def test_quality_is_refused_where_the_sampler_has_no_presets(fake_models, tmp_path, capsys, sampler):
+    """Not silently ignored: the GRM alone (the `real` set's own sampler) and the uniform
+    baseline give the same image whatever --quality says."""
+    Image.fromarray(_rgb(6, 6)).save(tmp_path / "a.png")
+    assert main([str(tmp_path / "a.png"), "--sampler", sampler, "--quality", "fast", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"sampler is {sampler!r}" in err and "--quality fast" in err
+    assert ("--model bicubic" in err) == (sampler == "none")
+    assert not (tmp_path / "a_x4.png").exists()
+    assert main([str(tmp_path / "a.png"), "--sampler", sampler, "-q"]) == 0  # without it, it runs
+
+
 def test_example_comparison_picture(shared_data, tmp_path, monkeypatch):
     """`python scripts/compare.py`: four labelled panels of the same region."""
     import os
