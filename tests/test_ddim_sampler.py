@@ -61,6 +61,11 @@ def test_a_budget_the_schedule_cannot_take_is_an_error():
 def test_registered_for_the_api_command_line_and_eval():
     spec = SAMPLERS["ddim"]
     assert spec.needs == ("dit",) and spec.presets
+    from patchscaler.sampling.registry import takes_presets
+
+    # Which samplers the quality presets reach (the command refuses --quality elsewhere).
+    assert [name for name in SAMPLERS if takes_presets(name)] == ["pgs", "ddim"]
+    assert not takes_presets("none") and not takes_presets("uniform") and not takes_presets(None)
     assert EVAL_METHODS["ddim"] == ("ddim", "balanced")
     from patchscaler.eval import available_methods
 

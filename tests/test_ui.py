@@ -163,6 +163,14 @@ def test_page_renders_in_headless_chromium(server, tmp_path):
     # the Markdown heading turned into <h1>, and a component's label in its element.
     assert f"<h1>{TITLE}</h1>" in dom
     assert ">Upscale<" in dom and ">Quality preset<" in dom
+    # The preset radios are greyed out exactly when the default set's own sampler has no presets
+    # (the `real` set's GRM alone), so a choice there is never silently ignored.
+    from patchscaler.checkpoints import DEFAULT_MODEL
+    from patchscaler.command.ui import default_sampler_for
+    from patchscaler.sampling.registry import takes_presets
+
+    fast = re.search(r'<input[^>]*value="fast"[^>]*>', dom).group(0)
+    assert ("disabled" in fast) == (not takes_presets(default_sampler_for(DEFAULT_MODEL)))
 
 
 def test_server_mixed_upload_keeps_the_good_images(server, tmp_path):

@@ -288,10 +288,10 @@ def _check_quality_applies(quality: str | None, sampler: str, model: str) -> Non
     """A --quality the run's sampler has no presets for is an error, not silently ignored
     (the default set, `real`, runs the GRM alone: a user asking for "detail" would get
     the same image and think it was the detail preset)."""
-    from patchscaler.sampling.registry import SAMPLERS
+    from patchscaler.sampling.registry import SAMPLERS, takes_presets
 
-    if quality is not None and (sampler not in SAMPLERS or not SAMPLERS[sampler].presets):
-        takes = ", ".join(name for name, spec in SAMPLERS.items() if spec.presets)
+    if quality is not None and not takes_presets(sampler):
+        takes = ", ".join(name for name in SAMPLERS if takes_presets(name))
         hint = "; --model bicubic runs pgs" if sampler == "none" else ""
         raise CLIError(f"--quality {quality} is a preset of the samplers {takes}, but this run's sampler is "
                        f"{sampler!r} (model set {model!r}), which has none{hint}")

@@ -258,7 +258,7 @@ def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = Non
 
     from patchscaler.checkpoints import DEFAULT_MODEL
     from patchscaler.sampling.pgs import QUALITY_PRESETS
-    from patchscaler.sampling.registry import DEFAULT_QUALITY
+    from patchscaler.sampling.registry import DEFAULT_QUALITY, takes_presets
 
     sets = model_sets()
     first_model = DEFAULT_MODEL if DEFAULT_MODEL in sets else (sets[0] if sets else DEFAULT_MODEL)
@@ -288,7 +288,9 @@ def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = Non
                 sampler = gr.Radio(first_samplers, value=first_sampler, label="Sampler",
                                    info=describe_samplers(first_samplers))
                 quality = gr.Radio(list(QUALITY_PRESETS), value=DEFAULT_QUALITY, label="Quality preset",
-                                   info="pgs: fewer or more patches get the hard group's steps · ddim: 10/20/50 steps for every patch")
+                                   info="pgs: fewer or more patches get the hard group's steps · ddim: 10/20/50 steps for "
+                                   "every patch (greyed out: the sampler has no presets)",
+                                   interactive=takes_presets(first_sampler))
                 outscale = gr.Slider(MIN_OUTSCALE, 4, value=4, step=0.5, label="Output scale")
                 seed = gr.Number(0, precision=0, label="Seed")
                 go = gr.Button("Upscale", variant="primary")
@@ -311,6 +313,7 @@ def build_app(initial: Sequence[Result] = (), max_megapixels: float | None = Non
                         [str(r.output) for r in ok0] or None, label="Download (PNG, full bit depth, with metadata)",
                         file_count="multiple", interactive=False)
         model.change(on_model, model, [model, sampler])
+        sampler.change(lambda s: gr.update(interactive=takes_presets(s)), sampler, quality, api_name=False)
         go.click(run, [files, model, sampler, quality, outscale, seed],
                  [results_state, pick, slider, groups, stats, download], api_name="upscale")
         pick.change(show, [results_state, pick], [slider, groups], api_name=False)

@@ -42,6 +42,7 @@ __all__ = [
     "check_quality",
     "check_sampler",
     "sampler_available",
+    "takes_presets",
 ]
 
 
@@ -69,6 +70,13 @@ def check_sampler(name: object) -> str:
     if not isinstance(name, str) or name.lower() not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(map(repr, SAMPLERS))}")
     return name.lower()
+
+
+def takes_presets(name: str | None) -> bool:
+    """Whether the quality presets change what sampler ``name`` does (pgs, ddim; not the GRM
+    alone, the `real` default's sampler): the command refuses a --quality, and the web app
+    greys its preset out, where they would not."""
+    return name in SAMPLERS and SAMPLERS[name].presets
 
 
 def sampler_available(name: str, model: str | None = None) -> bool:
