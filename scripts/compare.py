@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -26,7 +25,7 @@ from patchscaler.data.images import load_image
 from patchscaler.data.resize import bicubic_upscale
 from patchscaler.imaging.convert import tensor_to_uint8
 from patchscaler.examples import EXAMPLE_LR
-from make_example import CROP_LEFT, CROP_SIZE, CROP_TOP, DEFAULT_PHOTO, REPO_ROOT  # scripts/make_example.py
+from make_example import DEFAULT_PHOTO, REPO_ROOT, example_hr  # scripts/make_example.py
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "example" / "dandelions_compare.png"
 # The zoomed region, in HR pixels of the 512×512 output: seed hairs against the meadow.
@@ -51,9 +50,7 @@ def compare(output: Path = DEFAULT_OUTPUT, photo: Path = DEFAULT_PHOTO) -> Path:
     import patchscaler
 
     lr = load_image(EXAMPLE_LR)
-    with Image.open(photo) as im:
-        box = (CROP_LEFT, CROP_TOP, CROP_LEFT + CROP_SIZE, CROP_TOP + CROP_SIZE)
-        hr = torch.from_numpy(np.asarray(im.convert("RGB").crop(box)).astype(np.float32) / 255.0).permute(2, 0, 1)
+    hr = example_hr(photo)
     pgs, groups = patchscaler.upscale(lr, model="bicubic", sampler="pgs", return_groups=True)
     panels = [
         _panel(bicubic_upscale(lr[None], 4)[0], "bicubic"),

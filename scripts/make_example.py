@@ -27,11 +27,13 @@ from PIL import Image
 
 from patchscaler.data.images import save_image
 from patchscaler.data.resize import bicubic_downscale
+from patchscaler.examples import EXAMPLES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PHOTO = REPO_ROOT.parent / "shared/data/train/photos/lomiri16_seeding_by_Clements_Engelhardt.jpg"
 EXAMPLES_DIR = REPO_ROOT / "patchscaler" / "examples"
-OUTPUTS = {"bicubic": EXAMPLES_DIR / "dandelions_lr.png", "real": EXAMPLES_DIR / "dandelions_real_lr.png"}
+# Written into this checkout (not wherever the package is installed), under the names the package reads.
+OUTPUTS = {degradation: EXAMPLES_DIR / path.name for degradation, path in EXAMPLES.items()}
 CROP_LEFT, CROP_TOP, CROP_SIZE = 2000, 1150, 512  # HR pixels of the source photo
 SCALE = 4
 REAL_NAME, REAL_SEED = "dandelions", 0  # what seeds the real example's degradation

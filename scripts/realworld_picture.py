@@ -89,12 +89,12 @@ def _row(panels: list[Image.Image]) -> Image.Image:
 
 
 def dandelions_input(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LR, HR): the README example's CC0 crop and its seeded real-world degradation."""
-    from make_example import CROP_LEFT, CROP_SIZE, CROP_TOP, DEFAULT_PHOTO
-    from patchscaler.data.degradations import degrade_image
+    """(LR, HR): the README example's CC0 crop and its seeded real-world degradation (seed 0:
+    the bundled `dandelions_real_lr.png`)."""
+    from make_example import degraded, example_hr
 
-    hr = load_image(DEFAULT_PHOTO)[:, CROP_TOP:CROP_TOP + CROP_SIZE, CROP_LEFT:CROP_LEFT + CROP_SIZE].contiguous()
-    return degrade_image(hr, "dandelions", seed), hr
+    hr = example_hr()
+    return degraded(hr, "real", seed), hr
 
 
 def _patchscaler(lr: torch.Tensor, model: str) -> tuple[torch.Tensor, str]:

@@ -9,6 +9,7 @@ Works offline: the examples and the weights ship inside the package.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -19,12 +20,11 @@ from patchscaler.examples import example_path
 
 def _model_named(argv: list[str]) -> str | None:
     """The set ``--model SET`` / ``--model=SET`` names in ``argv``, if a known one (the
-    command itself reports an unknown one)."""
-    for i, arg in enumerate(argv):
-        value = argv[i + 1] if arg == "--model" and i + 1 < len(argv) else arg.partition("=")[2]
-        if (arg == "--model" or arg.startswith("--model=")) and value in MODEL_SETS:
-            return value
-    return None
+    command itself reports an unknown or missing one)."""
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--model", nargs="?")
+    model = p.parse_known_args(argv)[0].model
+    return model if model in MODEL_SETS else None
 
 
 def main(argv: list[str] | None = None) -> int:

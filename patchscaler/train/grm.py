@@ -157,10 +157,10 @@ def mix_clean(lr: torch.Tensor, teacher: torch.Tensor, hr: torch.Tensor, share: 
     clean = bicubic_downscale(hr[idx], scale)
     if noise:
         sigma = torch.rand(n, generator=gen) * (noise / 255)
-        clean = gaussian_noise(clean, sigma, torch.rand(n, generator=gen) < 0.5, gen)
-    if jpeg_min:
+        clean = gaussian_noise(clean, sigma, torch.rand(n, generator=gen) < 0.5, gen).clamp(0, 1)
+    if jpeg_min:  # jpeg() takes and returns [0, 1]
         clean = jpeg(clean, torch.randint(jpeg_min, 96, (n,), generator=gen))
-    lr[idx] = clean.clamp(0, 1) if (noise or jpeg_min) else clean
+    lr[idx] = clean
     teacher[idx] = hr[idx]
     return lr, teacher, hr
 
