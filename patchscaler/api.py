@@ -32,8 +32,8 @@ from patchscaler.sampling.registry import (
     DEFAULT_SAMPLER,
     SAMPLERS,
     check_model,
-    check_quality,
     check_sampler,
+    preset_for,
     sampler_available,
 )
 
@@ -150,7 +150,7 @@ def check_options(
     *,
     sampler: str | None = None,
     model: str = DEFAULT_MODEL,
-    quality: str = DEFAULT_QUALITY,
+    quality: str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     max_batch_patches: int | None = None,
@@ -171,7 +171,7 @@ def check_options(
     model = check_model(model)
     require("grm", model)
     name = _check_sampler(sampler, model)
-    check_quality(quality)
+    preset_for(quality, name, model)
     _check_max_batch(max_batch_patches)
     _check_max_output(max_output_megapixels)
     if memory_budget is not None:
@@ -218,7 +218,7 @@ def upscale(
     scale: int = 4,
     sampler: str | None = None,
     model: str = DEFAULT_MODEL,
-    quality: str = DEFAULT_QUALITY,
+    quality: str | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
@@ -261,7 +261,9 @@ def upscale(
             and at most 40 %, 55 % or 90 % of an image's patches hard (65 %, 85 %, 75 %
             medium), the lowest confidence first, so a preset changes the cost even on an
             image whose confidence is low everywhere. ``"ddim"``: 10, 20 or 50 steps.
-            Ignored by ``sampler="none"`` and ``"uniform"``.
+            None (default): ``"balanced"`` where the sampler has presets. Naming one
+            for a sampler without presets (``"none"``, the `real` set's default, and
+            ``"uniform"``) raises ValueError rather than being ignored.
         seed: the diffusion noise of every patch is derived from ``seed`` and the patch's
             position in its image, so a result does not depend on the other images in
             the batch, on ``max_batch_patches`` or on the device's random state.
@@ -307,7 +309,7 @@ def upscale(
     model = check_model(model)
     require("grm", model)  # a missing set fails here, before the sampler default is chosen
     sampler_name = _check_sampler(sampler, model)
-    check_quality(quality)  # here too: sampler="none" never reaches the PGS config
+    quality = preset_for(quality, sampler_name, model)  # here too: sampler="none" never reaches the PGS config
     seed = _check_seed(seed)
     _check_progress(progress)
     max_batch_patches = _check_max_batch(max_batch_patches)

@@ -272,6 +272,20 @@ def test_quality_preset_reaches_the_sampler_and_is_checked(fake_models):
         patchscaler.upscale(x, sampler="pgs", quality="max")
 
 
+@pytest.mark.parametrize("sampler", ["none", "uniform"])
+def test_quality_named_for_a_sampler_without_presets_is_refused(fake_models, sampler):
+    """A preset asked of a sampler that has none would give the same image under any
+    name: refused, by upscale() and check_options() alike; left out (None), it runs."""
+    from patchscaler.api import check_options
+
+    x = torch.rand(3, 8, 8)
+    for call in (lambda **kw: patchscaler.upscale(x, **kw), check_options):
+        with pytest.raises(ValueError, match=rf"sampler is '{sampler}'.*which has none"):
+            call(sampler=sampler, quality="detail")
+    assert patchscaler.upscale(x, sampler=sampler).shape == (3, 32, 32)
+    assert patchscaler.upscale(x, sampler=sampler, quality=None).shape == (3, 32, 32)
+
+
 def test_quality_presets_with_the_shipped_models():
     """fast < balanced < detail in DiT evaluations on the bundled example (real weights)."""
     from patchscaler.examples import example_path

@@ -194,6 +194,16 @@ def test_upscale_files_size_limit(tmp_path):
     assert res.error is None
 
 
+def test_upscale_files_refuses_a_preset_the_sampler_has_not_and_records_the_one_used(tmp_path):
+    src = _image(tmp_path / "p.png", h=16, w=16)
+    with pytest.raises(ValueError, match="which has none"):
+        upscale_files([src], sampler="none", quality="detail", out_dir=tmp_path)
+    (res,) = upscale_files([src], sampler="none", out_dir=tmp_path / "none")
+    assert "quality" not in Image.open(res.output).text["patchscaler"]
+    (res,) = upscale_files([src], sampler="pgs", model="bicubic", quality="fast", out_dir=tmp_path / "pgs")
+    assert "quality=fast" in Image.open(res.output).text["patchscaler"]
+
+
 def test_upscale_files_reports_progress(tmp_path):
     # The page's progress bar is fed by upscale()'s progress callable: GRM tiles, then DiT
     # patch-evaluations, counted up to their planned total for each file.

@@ -274,7 +274,6 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         opts["sampler"] = check_options(**opts)
-    _check_quality_applies(args.quality, opts["sampler"], args.model)
     for w in caught if not args.quiet else ():  # which sampler the default picked: not news under -q
         _say("note", str(w.message).removeprefix("patchscaler: "))
     if args.threads is not None:
@@ -282,19 +281,6 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
 
         torch.set_num_threads(args.threads)
     return opts
-
-
-def _check_quality_applies(quality: str | None, sampler: str, model: str) -> None:
-    """A --quality the run's sampler has no presets for is an error, not silently ignored
-    (the default set, `real`, runs the GRM alone: a user asking for "detail" would get
-    the same image and think it was the detail preset)."""
-    from patchscaler.sampling.registry import SAMPLERS, takes_presets
-
-    if quality is not None and not takes_presets(sampler):
-        takes = ", ".join(name for name in SAMPLERS if takes_presets(name))
-        hint = "; --model bicubic runs pgs" if sampler == "none" else ""
-        raise CLIError(f"--quality {quality} is a preset of the samplers {takes}, but this run's sampler is "
-                       f"{sampler!r} (model set {model!r}), which has none{hint}")
 
 
 def _read(args: argparse.Namespace, src: Path):

@@ -111,7 +111,7 @@ def upscale_files(
     *,
     model: str | None = None,
     sampler: str | None = None,
-    quality: str = "balanced",
+    quality: str | None = None,
     outscale: float | None = None,
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
@@ -120,7 +120,9 @@ def upscale_files(
 ) -> list[Result]:
     """Upscale each file; one `Result` per path, in order. A file that cannot be read or
     upscaled gets ``Result.error`` (one line) and the others still run; settings that are
-    wrong for every file (an unknown model set, an outscale out of range) raise ValueError.
+    wrong for every file (an unknown model set, an outscale out of range, a ``quality``
+    preset for a sampler without presets) raise ValueError. ``quality``: None for the
+    sampler's default preset (and for samplers without presets).
 
     ``outscale``: None or 4 for ×4, else the output scale in (1, 4). ``out_dir``: where the
     PNGs go (default: a new temporary folder). ``max_megapixels``: refuse inputs whose ×4
@@ -130,18 +132,16 @@ def upscale_files(
     """
     from PIL import Image
 
-    from patchscaler.api import upscale
-    from patchscaler.checkpoints import DEFAULT_MODEL, check_model, require
+    from patchscaler.api import check_options, upscale
+    from patchscaler.checkpoints import DEFAULT_MODEL, check_model
     from patchscaler.command.folder_run import IMAGE_ERRORS, one_line
     from patchscaler.imaging.image_files import read_image, write_image
     from patchscaler.imaging.visualize import groups_over_output
-    from patchscaler.inference.outsize import check_output_size
 
     model = check_model(model or DEFAULT_MODEL)
-    require("grm", model)
     if outscale is not None and float(outscale) >= 4:
         outscale = None  # exactly ×4: no resize at all
-    check_output_size(outscale, None, None)
+    check_options(sampler=sampler, model=model, quality=quality, outscale=outscale)
     out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="patchscaler-ui-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "x4" if outscale is None else f"x{float(outscale):g}"
@@ -162,8 +162,9 @@ def upscale_files(
             )
             res.seconds = time.perf_counter() - start
             # Provenance in the PNG beside the input's own text chunks: how to redo it.
+            preset = f" quality={quality}" if quality is not None else ""
             meta.text = {**meta.text, "patchscaler": (
-                f"model={model} sampler={gmap.sampler} quality={quality} seed={int(seed)} "
+                f"model={model} sampler={gmap.sampler}{preset} seed={int(seed)} "
                 f"outscale={outscale or 4:g}")}
             stem = path.stem
             while stem in used:  # two uploads with one name must not overwrite each other
@@ -216,6 +217,8 @@ def _runner(max_megapixels: float | None):
     import gradio as gr
 
     def run(files, model, sampler, quality, outscale, seed, progress=gr.Progress()):
+        from patchscaler.sampling.registry import takes_presets
+
         if not files:
             raise gr.Error("Drop one or more images first.")
         paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in files]
@@ -227,7 +230,9 @@ def _runner(max_megapixels: float | None):
             progress((i + done / max(total, 1)) / n, desc=f"{Path(paths[i]).name}: {what} {done}/{total}")
 
         try:
-            results = upscale_files(paths, model=model, sampler=sampler, quality=quality,
+            # A greyed-out preset radio still holds a value: it is not asked for.
+            results = upscale_files(paths, model=model, sampler=sampler,
+                                    quality=quality if takes_presets(sampler) else None,
                                     outscale=outscale, seed=int(seed or 0), max_megapixels=max_megapixels,
                                     progress=report)
         except (ValueError, OSError) as exc:  # settings wrong for every file

@@ -41,6 +41,7 @@ __all__ = [
     "check_model",
     "check_quality",
     "check_sampler",
+    "preset_for",
     "sampler_available",
     "takes_presets",
 ]
@@ -77,6 +78,25 @@ def takes_presets(name: str | None) -> bool:
     alone, the `real` default's sampler): the command refuses a --quality, and the web app
     greys its preset out, where they would not."""
     return name in SAMPLERS and SAMPLERS[name].presets
+
+
+def preset_for(quality: str | None, sampler: str, model: str | None = None) -> str:
+    """The preset a run of ``sampler`` uses: ``quality`` checked, `DEFAULT_QUALITY` for None.
+
+    A preset named for a sampler without presets (the GRM alone, the `real` default's
+    sampler; uniform) is a ValueError, not silently ignored: a caller asking for
+    "detail" would get the same image and think it was the detail preset. (None is the
+    caller not asking; the pipeline of such a sampler ignores the value.)
+    """
+    if quality is None:
+        return DEFAULT_QUALITY
+    check_quality(quality)
+    if not takes_presets(sampler):
+        takes = ", ".join(name for name in SAMPLERS if takes_presets(name))
+        hint = "; model='bicubic' runs pgs" if sampler == "none" and model != "bicubic" else ""
+        raise ValueError(f"quality={quality!r} is a preset of the samplers {takes}, but this run's sampler is "
+                         f"{sampler!r}" + (f" (model set {model!r})" if model else "") + f", which has none{hint}")
+    return quality
 
 
 def sampler_available(name: str, model: str | None = None) -> bool:
