@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from patchscaler.eval import _load_pair, find_dataset
+from patchscaler.eval import load_pair, find_dataset
 from patchscaler.models.grm import load_grm
 from patchscaler.inference.patch_plan import plan_patches
 from patchscaler.sampling.pgs import PRESET_MAX_SHARE, PGSConfig, assign_groups, patch_qmap
@@ -29,7 +29,7 @@ def dataset_rows(folder: str, degradation: str, grm, cfg: PGSConfig) -> list[str
     changed = {name: 0 for name in PRESET_MAX_SHARE}
     evals = {name: [0, 0] for name in PRESET_MAX_SHARE}
     for path in ds.paths:
-        _, lr = _load_pair(path, 4, degradation)
+        _, lr = load_pair(path, 4, degradation)
         with torch.no_grad():
             _, conf = grm(lr)
         qmap = patch_qmap(plan_patches(*lr.shape[-2:], 16, 4).split(conf.float().contiguous()))

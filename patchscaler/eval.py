@@ -80,6 +80,9 @@ __all__ = [
     "make_method",
     "model_for",
     "find_dataset",
+    "load_pair",
+    "is_single_channel_file",
+    "image_metrics",
     "evaluate",
     "confidence_spearman",
     "main",
@@ -217,7 +220,7 @@ def _check_readable(path: Path) -> None:
         raise EvalError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
 
-def _is_single_channel_file(path: Path) -> bool:
+def is_single_channel_file(path: Path) -> bool:
     """Whether the file stores one grey channel (MATLAB `imread` gives H×W): see `metrics.ycbcr`."""
     from PIL import Image
 
@@ -228,7 +231,7 @@ def _is_single_channel_file(path: Path) -> bool:
 DEGRADATIONS = ("bicubic", "real", "none")
 
 
-def _load_pair(path: Path, scale: int, degradation: str = "bicubic", seed: int = 0) -> tuple[Tensor | None, Tensor]:
+def load_pair(path: Path, scale: int, degradation: str = "bicubic", seed: int = 0) -> tuple[Tensor | None, Tensor]:
     """(HR [1,3,H,W] modcropped, LR [1,3,H/s,W/s] with uint8 levels), fp32 CPU.
 
     ``degradation``: "bicubic" (MATLAB bicubic), "real" (the seeded real-world
@@ -272,34 +275,30 @@ def _run_timed(method: Method, lr: Tensor, device: torch.device) -> tuple[Tensor
     return sr.detach().float().cpu(), dict(stats), seconds
 
 
-def _image_metrics(sr: Tensor, hr: Tensor | None, border: int, grey: bool = False, hf_reference: Tensor | None = None) -> dict[str, float]:
+def image_metrics(sr: Tensor, hr: Tensor | None, border: int, grey: bool = False, hf_reference: Tensor | None = None) -> dict[str, float]:
     """All per-image metrics of a quantised SR against HR, on Y (`grey`: full-range grey) with `border` crop.
 
     Without HR (no ground truth) PSNR/SSIM are NaN. The HF ratio is against ``hf_reference``
     (default HR; without HR, the bicubic upsampling of the input, made once per image).
-    """
-    h, w = sr.shape[-2] - 2 * border, sr.shape[-1] - 2 * border
-    nq = niqe_scores(sr, border) if min(h, w) >= NIQE_MIN_SIZE else {"matlab": math.nan, "project": math.nan}
-    return {
-        "psnr": psnr_y(sr, hr, border, grey) if hr is not None else math.nan,
-        "ssim": ssim_y(sr, hr, border, grey) if hr is not None else math.nan,
-        "niqe": nq["matlab"],
-        "niqe_project": nq["project"],
-        "hf_ratio": hf_ratio(sr, hr if hf_reference is None else hf_reference, border),
-    }
+    The one scoring path of the project's reports (`evaluate`, scripts/compare_realworld.py).
 
-
-def _metrics_one_thread(sr: Tensor, hr: Tensor | None, border: int, grey: bool, hf_reference: Tensor | None = None) -> dict[str, float]:
-    """`_image_metrics` with torch limited to one CPU thread.
-
-    The metrics are many small float64 ops that gain nothing from intra-op threads;
-    on a busy machine the OpenMP threads only contend (B100 bicubic: 8 s with one
-    thread, 2 min with two while a training job ran on the 2 cores).
+    Runs with torch limited to one CPU thread: the metrics are many small float64 ops that
+    gain nothing from intra-op threads, and on a busy machine the OpenMP threads only
+    contend (B100 bicubic: 8 s with one thread, 2 min with two while a training job ran on
+    the 2 cores).
     """
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _image_metrics(sr, hr, border, grey, hf_reference)
+        h, w = sr.shape[-2] - 2 * border, sr.shape[-1] - 2 * border
+        nq = niqe_scores(sr, border) if min(h, w) >= NIQE_MIN_SIZE else {"matlab": math.nan, "project": math.nan}
+        return {
+            "psnr": psnr_y(sr, hr, border, grey) if hr is not None else math.nan,
+            "ssim": ssim_y(sr, hr, border, grey) if hr is not None else math.nan,
+            "niqe": nq["matlab"],
+            "niqe_project": nq["project"],
+            "hf_ratio": hf_ratio(sr, hr if hf_reference is None else hf_reference, border),
+        }
     finally:
         torch.set_num_threads(n)
 
@@ -345,8 +344,8 @@ def evaluate(
         counters: dict[str, dict[str, float]] = {m: {} for m in methods}
         seconds = dict.fromkeys(methods, 0.0)
         for path in tqdm(ds.paths, desc=ds.name, unit="img", disable=not progress, file=sys.stderr):
-            hr, lr = _load_pair(path, scale, degradation, degradation_seed)
-            grey = _is_single_channel_file(path) and hr is not None
+            hr, lr = load_pair(path, scale, degradation, degradation_seed)
+            grey = is_single_channel_file(path) and hr is not None
             expected = (*lr.shape[:-2], lr.shape[-2] * scale, lr.shape[-1] * scale)
             hf_reference = hr if hr is not None else quantize(bicubic_upscale(lr, scale).clamp(0, 1))
             for m in methods:
@@ -355,7 +354,7 @@ def evaluate(
                     raise EvalError(f"method {m!r} returned {tuple(sr.shape)} for {path}, expected {expected}")
                 sr = quantize(sr.clamp(0, 1))
                 seconds[m] += secs
-                for k, v in _metrics_one_thread(sr, hr, scale, grey, hf_reference).items():
+                for k, v in image_metrics(sr, hr, scale, grey, hf_reference).items():
                     per_image[m][k].append(v)
                 for k, v in stats.items():
                     counters[m][k] = counters[m].get(k, 0.0) + float(v)
@@ -401,7 +400,7 @@ def confidence_spearman(
         raise EvalError(f"confidence check: {e}") from e
     cs, es = [], []
     for path in tqdm(ds.paths, desc=f"{ds.name} confidence", unit="img", disable=not progress, file=sys.stderr):
-        hr, lr = _load_pair(path, scale, degradation, degradation_seed)
+        hr, lr = load_pair(path, scale, degradation, degradation_seed)
         with torch.inference_mode():
             y0, conf = grm(lr.to(device))
         x0 = grm.codec.encode(hr)

@@ -12,7 +12,10 @@ Datasets (each optional, ``--datasets``):
   protocol: HR cropped (bottom/right) to a multiple of 4, LR =
   ``patchscaler.data.degradations.degrade_image(hr, name)`` with the HR file name (seed
   0, default pipeline) — the LR of ``python -m patchscaler.eval --degradation real``.
-  PSNR / SSIM on BT.601 Y, NIQE and the HF ratio SR/HR, 4-px border crop.
+  PSNR / SSIM on BT.601 Y (full-range grey for single-channel files), NIQE and the HF ratio
+  SR/HR, 4-px border crop: every score comes from ``patchscaler.eval.image_metrics``, so the
+  two tools give the same digits for the same method. (Before 2026-12-05 this script took
+  Y of grey files as of RGB, 0.1 dB above eval on Set14, whose bridge is grey.)
 
 Methods (``--methods``): ``realesrgan`` (x4plus through ncnn, ``patchscaler/train/teacher.py``,
 same thread count), ``grm`` (``patchscaler.upscale(sampler="none")``), ``pgs``
@@ -48,13 +51,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import patchscaler  # noqa: E402
-from patchscaler.data.degradations import degrade_image  # noqa: E402
-from patchscaler.data.images import load_image  # noqa: E402
-from patchscaler.data.resize import bicubic_upscale  # noqa: E402
-from patchscaler.metrics.hf_ratio import hf_ratio  # noqa: E402
-from patchscaler.metrics.niqe import niqe_scores  # noqa: E402
-from patchscaler.metrics.psnr import psnr_y  # noqa: E402
-from patchscaler.metrics.ssim import ssim_y  # noqa: E402
+from patchscaler.data.resize import bicubic_upscale, quantize  # noqa: E402
+from patchscaler.eval import image_metrics, is_single_channel_file  # noqa: E402
+from patchscaler.eval import load_pair as eval_load_pair  # noqa: E402
 
 SCALE, BORDER = 4, 4
 DATA = REPO.parent / "shared" / "data"
@@ -132,26 +131,19 @@ def list_images(folder: Path, limit: int | None) -> list[Path]:
 
 
 def load_pair(path: Path, dataset: str) -> tuple[torch.Tensor | None, torch.Tensor]:
-    img = load_image(path)
-    if dataset == "RealSRSet":
-        return None, img
-    h, w = img.shape[-2:]
-    hr = img[:, : h - h % SCALE, : w - w % SCALE].contiguous()
-    return hr, degrade_image(hr, path.name)
+    """(HR [3,H,W] or None, LR [3,h,w]): `patchscaler.eval.load_pair` under the dataset's protocol."""
+    hr, lr = eval_load_pair(path, SCALE, "none" if dataset == "RealSRSet" else "real")
+    return (None if hr is None else hr[0]), lr[0]
 
 
-def metrics(sr: torch.Tensor, hr: torch.Tensor | None, lr: torch.Tensor) -> dict[str, float]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        nq = niqe_scores(sr, BORDER)  # standard NIQE, and the project's own pristine fit
-        nq = {"niqe": nq["matlab"], "niqe_project": nq["project"]}
-        if hr is None:
-            ref = bicubic_upscale(lr[None], SCALE)[0].clamp(0, 1)
-            return nq | {"hf_ratio": hf_ratio(sr, ref, BORDER)}
-        return {"psnr": psnr_y(sr, hr, BORDER), "ssim": ssim_y(sr, hr, BORDER)} | nq | {"hf_ratio": hf_ratio(sr, hr, BORDER)}
-    finally:
-        torch.set_num_threads(n)
+def metrics(sr: torch.Tensor, hr: torch.Tensor | None, lr: torch.Tensor, path: Path) -> dict[str, float]:
+    """`patchscaler.eval.image_metrics`, the scoring of ``python -m patchscaler.eval``: the same
+    luma (full-range grey for single-channel files, as MATLAB scores them), NIQE and HF
+    reference; the PSNR/SSIM keys are left out where there is no ground truth."""
+    grey = hr is not None and is_single_channel_file(path)
+    ref = hr if hr is not None else quantize(bicubic_upscale(lr[None], SCALE)[0].clamp(0, 1))
+    scores = image_metrics(sr, hr, BORDER, grey, ref)
+    return {k: v for k, v in scores.items() if not (hr is None and k in ("psnr", "ssim"))}
 
 
 def _mean(vals: list[float]) -> float | None:
@@ -309,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                     sr, stats = fn(lr)
                 sec = time.perf_counter() - t0
                 sr = (sr.float().clamp(0, 1) * 255).round() / 255  # uint8 levels, as eval.py scores
-                row[m] = {**metrics(sr, hr, lr), **stats, "seconds": sec}
+                row[m] = {**metrics(sr, hr, lr, path), **stats, "seconds": sec}
             per_image.append(row)
             body["files"].append(path.name)
             body["images"] = len(per_image)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ import torch
 from PIL import Image
 
 import patchscaler.eval as ev
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -222,11 +225,11 @@ def test_real_degradation_lr_is_the_seeded_pipeline(image_folder):
     from patchscaler.data.images import load_image, modcrop
 
     path = image_folder / "HR" / "a.png"
-    hr, lr = ev._load_pair(path, 4, "real")
+    hr, lr = ev.load_pair(path, 4, "real")
     assert torch.equal(lr[0], degrade_image(modcrop(load_image(path), 4), "a.png"))
-    assert torch.equal(lr, ev._load_pair(path, 4, "real")[1])
-    assert not torch.equal(lr, ev._load_pair(path, 4, "real", seed=1)[1])
-    assert not torch.equal(lr, ev._load_pair(path, 4, "bicubic")[1])
+    assert torch.equal(lr, ev.load_pair(path, 4, "real")[1])
+    assert not torch.equal(lr, ev.load_pair(path, 4, "real", seed=1)[1])
+    assert not torch.equal(lr, ev.load_pair(path, 4, "bicubic")[1])
     ds = ev.find_dataset(image_folder)
     real = ev.evaluate([ds], ["bicubic"], scale=4, progress=False, degradation="real")["mini"]["bicubic"]
     clean = ev.evaluate([ds], ["bicubic"], scale=4, progress=False)["mini"]["bicubic"]
@@ -261,3 +264,26 @@ def test_model_option_picks_the_set_and_a_missing_one_exits_2(image_folder, weig
     assert "dit_x4.safetensors" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ev.main(["--data", str(image_folder), "--model", "realistic"])
+
+
+def test_compare_realworld_scores_through_evals_path(tmp_path):
+    """scripts/compare_realworld.py and eval give the same digits: the same luma rule for a
+    grey file (MATLAB's full-range grey, not BT.601 Y of RGB) and the same NIQE/HF."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_realworld", ROOT / "scripts" / "compare_realworld.py")
+    cmp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cmp)
+    g = torch.Generator().manual_seed(0)
+    grey = (torch.rand(1, 1, 24, 28, generator=g).expand(1, 3, -1, -1) * 255).round()
+    path = tmp_path / "grey.png"
+    Image.fromarray(grey[0, 0].numpy().astype("uint8"), mode="L").save(path)
+    hr, lr = cmp.load_pair(path, "B100")
+    assert hr.shape == (3, 24, 28) and lr.shape == (3, 6, 7)
+    sr = (hr + 0.03 * torch.randn(hr.shape, generator=g)).clamp(0, 1)
+    got = cmp.metrics(sr, hr, lr, path)
+    assert got == ev.image_metrics(sr, hr, 4, True, hr)
+    assert got["psnr"] != ev.image_metrics(sr, hr, 4, False, hr)["psnr"]  # the rule matters on a grey file
+    _, lr_only = cmp.load_pair(path, "RealSRSet")  # the file is the input: no ground truth
+    no_truth = cmp.metrics(torch.rand(3, 96, 112, generator=g), None, lr_only, path)
+    assert "psnr" not in no_truth and "ssim" not in no_truth and no_truth["hf_ratio"] > 0
