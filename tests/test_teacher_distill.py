@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from patchscaler.models.losses import DistillLoss, grm_loss, usm_sharpen
+from patchscaler.models.losses import DistillLoss, grm_loss, usm_sharpen, with_tone_of
 from patchscaler.train.teacher_labels import LabelledBatches, list_shards
 
 
@@ -112,6 +112,19 @@ def test_lowpass_distill_leaves_fine_strokes_to_the_texture_terms():
     assert p_low["conf"] == p_plain["conf"] and p_low["l1"] == p_plain["l1"]
 
 
+def test_teacher_tone_takes_the_truths_low_pass_and_keeps_the_teachers_strokes():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.nn.functional.interpolate(torch.rand(2, 3, 6, 7, generator=g), size=(48, 56), mode="bilinear")
+    strokes = 0.1 * ((torch.arange(56) % 2).float() - 0.5).expand(2, 3, 48, 56)  # zero-mean 1-px stripes
+    dark = truth + strokes - 0.05  # a teacher that draws the strokes and darkens
+    out = with_tone_of(dark, truth, 6.0)
+    assert out.dtype == dark.dtype and out.shape == dark.shape
+    # the darkening is gone (its mean is back to the truth's), the strokes are still there
+    assert (out - truth - strokes).mean().abs() < 1e-3 < (dark - truth - strokes).mean().abs()
+    assert (out - truth - strokes).abs().max() < 0.02
+    assert torch.allclose(with_tone_of(truth, truth, 6.0), truth, atol=1e-6)  # no change where the tones agree
+
+
 def test_clean_share_swaps_in_bicubic_lr_with_the_truth_as_target():
     from patchscaler.data.resize import bicubic_downscale
     from patchscaler.train.grm import mix_clean
@@ -172,7 +185,8 @@ def test_trainer_distils_from_labels_and_resumes(tmp_path):
     common = ["--teacher-labels", str(labels), "--out", str(out), "--channels", "8", "--blocks", "1",
               "--batch", "2", "--lr-patch", "12", "--threads", "1", "--val-sets", "", "--warmup", "1",
               "--log-every", "1", "--no-bf16"]
-    assert main(common + ["--total-steps", "3", "--clean-share", "0.5", "--clean-noise", "3", "--clean-jpeg", "80"]) == 0
+    assert main(common + ["--total-steps", "3", "--clean-share", "0.5", "--clean-noise", "3", "--clean-jpeg", "80",
+                          "--teacher-tone", "4"]) == 0
     ck = torch.load(out / "last.pt", weights_only=False)
     assert ck["step"] == 3 and ck["args"]["degradation"] == "real" and ck["args"]["label_shards"] == 2
     log = (out / "metrics.log").read_text()
@@ -183,8 +197,9 @@ def test_trainer_distils_from_labels_and_resumes(tmp_path):
     assert main(resume + ["--resume", "--total-steps", "5"]) == 0
     ck = torch.load(out / "last.pt", weights_only=False)
     assert ck["step"] == 5 and ck["args"]["teacher_labels"] == str(labels) and ck["args"]["clean_share"] == 0.5
-    assert ck["args"]["clean_noise"] == 3 and ck["args"]["clean_jpeg"] == 80
+    assert ck["args"]["clean_noise"] == 3 and ck["args"]["clean_jpeg"] == 80 and ck["args"]["teacher_tone"] == 4
     assert "(noise sigma <= 3.0 levels) (JPEG quality >= 80)" in log
+    assert "low-pass of sigma 4.0 HR px replaced by the ground truth's" in log
 
 
 def test_discriminator_gives_a_logit_per_pixel_and_rejects_bad_sizes():
@@ -289,6 +304,8 @@ def test_adversarial_fine_tune_trains_and_resumes_its_discriminator(tmp_path):
     else:
         raise AssertionError("an adversarial term without labels must be refused")
     for bad, why in ((["--clean-share", "0.25"], "--teacher-labels"), (["--l1-lowpass", "1.5"], "--teacher-labels"),
+                     (["--teacher-tone", "6"], "--teacher-labels"),
+                     (["--teacher-labels", str(labels), "--teacher-tone", "-1"], ">= 0"),
                      (["--teacher-labels", str(labels), "--clean-share", "1.5"], "[0, 1]"),
                      (["--teacher-labels", str(labels), "--l1-lowpass", "-1"], ">= 0"),
                      (["--teacher-labels", str(labels), "--clean-noise", "3"], "need --clean-share"),

@@ -34,7 +34,7 @@ from patchscaler.checkpoints import set_trained_for, weights_file
 from patchscaler.models.grm import GRM, GRMConfig, grm_from_file, save_grm
 from patchscaler.metrics.confidence import confidence_error_spearman
 from patchscaler.metrics.psnr import psnr_y
-from patchscaler.models.losses import DEFAULT_ETA, DEFAULT_LAMBDA, DistillLoss, GRMLoss, usm_sharpen
+from patchscaler.models.losses import DEFAULT_ETA, DEFAULT_LAMBDA, DistillLoss, GRMLoss, usm_sharpen, with_tone_of
 from patchscaler.train.adversarial import ENERGY_TILE, AdversarialTerms
 from patchscaler.train.common import (
     DATA_ROOT,
@@ -113,6 +113,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--l1-lowpass", type=float, default=0.0, metavar="SIGMA",
                    help="with --teacher-labels: take the two L1 terms on the difference blurred by a Gaussian of SIGMA "
                    "HR pixels (0 = full band), leaving finer texture to the feature/GAN/energy terms")
+    p.add_argument("--teacher-tone", type=float, default=0.0, metavar="SIGMA",
+                   help="with --teacher-labels: replace the teacher label's Gaussian low-pass of SIGMA HR pixels by the "
+                   "ground truth's (0 = off): the teacher's texture with the true tone and colour (the teacher darkens)")
     p.add_argument("--usm-weight", type=float, default=0.5, help="unsharp-mask amount of the ground-truth target")
     p.add_argument("--gan-weight", type=float, default=0.0, help="with --teacher-labels: adversarial term (0 = off; ~0.1)")
     p.add_argument("--ldl-weight", type=float, default=0.0, help="with --teacher-labels: LDL artefact-map term (~1)")
@@ -129,7 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # What a resumed run keeps from its checkpoint unless the command line gives it again.
 RESUMED_SETTINGS = ("lr", "min_lr", "warmup", "total_steps", "ema", "lam", "eta", "bf16", "w_teacher", "w_gt",
-                    "usm_weight", "l1_lowpass", "gan_weight", "ldl_weight", "fft_weight", "feat_weight", "energy_weight", "d_lr")
+                    "usm_weight", "l1_lowpass", "teacher_tone", "gan_weight", "ldl_weight", "fft_weight", "feat_weight", "energy_weight", "d_lr")
 
 
 def mix_clean(lr: torch.Tensor, teacher: torch.Tensor, hr: torch.Tensor, share: float, scale: int, seed: int,
@@ -337,11 +340,13 @@ def train(a: argparse.Namespace) -> GRM | None:
     ctl = RunControl(a.minutes, a.ckpt_minutes)
     if a.teacher_labels:
         a.degradation = "real"  # the labels are of real-degraded LR
-    elif a.gan_weight or a.ldl_weight or a.fft_weight or a.feat_weight or a.energy_weight or a.l1_lowpass or a.clean_share:
-        raise SystemExit("--gan-weight/--ldl-weight/--fft-weight/--feat-weight/--energy-weight/--l1-lowpass/--clean-share "
-                         "need --teacher-labels (they fine-tune a distillation run)")
-    if not 0 <= a.clean_share <= 1 or a.l1_lowpass < 0:
-        raise SystemExit(f"--clean-share must be in [0, 1] and --l1-lowpass >= 0, got {a.clean_share} and {a.l1_lowpass}")
+    elif (a.gan_weight or a.ldl_weight or a.fft_weight or a.feat_weight or a.energy_weight or a.l1_lowpass
+          or a.clean_share or a.teacher_tone):
+        raise SystemExit("--gan-weight/--ldl-weight/--fft-weight/--feat-weight/--energy-weight/--l1-lowpass/--clean-share/"
+                         "--teacher-tone need --teacher-labels (they fine-tune a distillation run)")
+    if not 0 <= a.clean_share <= 1 or a.l1_lowpass < 0 or a.teacher_tone < 0:
+        raise SystemExit(f"--clean-share must be in [0, 1], --l1-lowpass and --teacher-tone >= 0, got {a.clean_share}, "
+                         f"{a.l1_lowpass} and {a.teacher_tone}")
     if (a.clean_noise or a.clean_jpeg) and not a.clean_share:
         raise SystemExit("--clean-noise/--clean-jpeg degrade the clean share: they need --clean-share")
     if not 0 <= a.clean_noise <= 50 or not (a.clean_jpeg == 0 or 1 <= a.clean_jpeg <= 95):
@@ -461,6 +466,8 @@ def train(a: argparse.Namespace) -> GRM | None:
         log(f"teacher labels: {stream.shards} shards, {len(stream)} tiles from {a.teacher_labels}; "
             f"loss {a.w_teacher} x L1(teacher) + {a.w_gt} x L1(USM {a.usm_weight} ground truth)"
             + (f", both on the difference blurred by sigma {a.l1_lowpass} HR px" if a.l1_lowpass else "")
+            + (f"; the teacher's low-pass of sigma {a.teacher_tone} HR px replaced by the ground truth's"
+               if a.teacher_tone else "")
             + (f"; {a.clean_share:.0%} of each batch clean bicubic LR with the HR as target" if a.clean_share else "")
             + (f" (noise sigma <= {a.clean_noise} levels)" if a.clean_noise else "")
             + (f" (JPEG quality >= {a.clean_jpeg})" if a.clean_jpeg else ""))
@@ -514,6 +521,8 @@ def train(a: argparse.Namespace) -> GRM | None:
         elif distill is not None:
             lr_img, t_img, hr_img = mix_clean(*next(batches), a.clean_share, cfg.scale, seed=a.seed * 1_000_003 + step,
                                               noise=a.clean_noise, jpeg_min=a.clean_jpeg)
+            if a.teacher_tone:  # every teacher term below sees the corrected label
+                t_img = with_tone_of(t_img, hr_img, a.teacher_tone)
             t_img = rank_slice(t_img, ctx)
         else:
             lr_img, hr_img = next(batches)
