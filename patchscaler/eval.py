@@ -82,6 +82,7 @@ __all__ = [
     "find_dataset",
     "load_pair",
     "is_single_channel_file",
+    "scoring_references",
     "image_metrics",
     "evaluate",
     "confidence_spearman",
@@ -275,6 +276,15 @@ def _run_timed(method: Method, lr: Tensor, device: torch.device) -> tuple[Tensor
     return sr.detach().float().cpu(), dict(stats), seconds
 
 
+def scoring_references(path: Path, hr: Tensor | None, lr: Tensor, scale: int) -> tuple[bool, Tensor]:
+    """(grey, hf_reference) of one image, made once for all the methods scored on it by
+    `image_metrics`: whether its file is single-channel grey (scored on full-range grey,
+    as MATLAB does), and what the HF ratio is taken against (HR; without ground truth the
+    quantised bicubic ×scale of ``lr``, ``[..., 3, h, w]``)."""
+    grey = hr is not None and is_single_channel_file(path)
+    return grey, hr if hr is not None else quantize(bicubic_upscale(lr, scale).clamp(0, 1))
+
+
 def image_metrics(sr: Tensor, hr: Tensor | None, border: int, grey: bool = False, hf_reference: Tensor | None = None) -> dict[str, float]:
     """All per-image metrics of a quantised SR against HR, on Y (`grey`: full-range grey) with `border` crop.
 
@@ -345,9 +355,8 @@ def evaluate(
         seconds = dict.fromkeys(methods, 0.0)
         for path in tqdm(ds.paths, desc=ds.name, unit="img", disable=not progress, file=sys.stderr):
             hr, lr = load_pair(path, scale, degradation, degradation_seed)
-            grey = is_single_channel_file(path) and hr is not None
+            grey, hf_reference = scoring_references(path, hr, lr, scale)
             expected = (*lr.shape[:-2], lr.shape[-2] * scale, lr.shape[-1] * scale)
-            hf_reference = hr if hr is not None else quantize(bicubic_upscale(lr, scale).clamp(0, 1))
             for m in methods:
                 sr, stats, secs = _run_timed(runners[m], lr, device)
                 if tuple(sr.shape) != expected:

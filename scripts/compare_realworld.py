@@ -51,8 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import patchscaler  # noqa: E402
-from patchscaler.data.resize import bicubic_upscale, quantize  # noqa: E402
-from patchscaler.eval import image_metrics, is_single_channel_file  # noqa: E402
+from patchscaler.data.resize import bicubic_upscale  # noqa: E402
+from patchscaler.eval import image_metrics, scoring_references  # noqa: E402
 from patchscaler.eval import load_pair as eval_load_pair  # noqa: E402
 
 SCALE, BORDER = 4, 4
@@ -136,13 +136,12 @@ def load_pair(path: Path, dataset: str) -> tuple[torch.Tensor | None, torch.Tens
     return (None if hr is None else hr[0]), lr[0]
 
 
-def metrics(sr: torch.Tensor, hr: torch.Tensor | None, lr: torch.Tensor, path: Path) -> dict[str, float]:
-    """`patchscaler.eval.image_metrics`, the scoring of ``python -m patchscaler.eval``: the same
-    luma (full-range grey for single-channel files, as MATLAB scores them), NIQE and HF
-    reference; the PSNR/SSIM keys are left out where there is no ground truth."""
-    grey = hr is not None and is_single_channel_file(path)
-    ref = hr if hr is not None else quantize(bicubic_upscale(lr[None], SCALE)[0].clamp(0, 1))
-    scores = image_metrics(sr, hr, BORDER, grey, ref)
+def metrics(sr: torch.Tensor, hr: torch.Tensor | None, refs: tuple[bool, torch.Tensor]) -> dict[str, float]:
+    """`patchscaler.eval.image_metrics`, the scoring of ``python -m patchscaler.eval``, against
+    the image's ``refs`` (`patchscaler.eval.scoring_references`: the same luma rule for grey
+    files and the same HF reference); the PSNR/SSIM keys are left out where there is no
+    ground truth."""
+    scores = image_metrics(sr, hr, BORDER, *refs)
     return {k: v for k, v in scores.items() if not (hr is None and k in ("psnr", "ssim"))}
 
 
@@ -294,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         report["datasets"][d] = body
         for path in files[d]:
             hr, lr = load_pair(path, d)
+            refs = scoring_references(path, hr, lr, SCALE)  # once per image, for every method
             row = {"file": path.name, "lr_size": list(lr.shape[-2:])}
             for m, fn in methods.items():
                 t0 = time.perf_counter()
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                     sr, stats = fn(lr)
                 sec = time.perf_counter() - t0
                 sr = (sr.float().clamp(0, 1) * 255).round() / 255  # uint8 levels, as eval.py scores
-                row[m] = {**metrics(sr, hr, lr, path), **stats, "seconds": sec}
+                row[m] = {**metrics(sr, hr, refs), **stats, "seconds": sec}
             per_image.append(row)
             body["files"].append(path.name)
             body["images"] = len(per_image)

@@ -281,9 +281,11 @@ def test_compare_realworld_scores_through_evals_path(tmp_path):
     hr, lr = cmp.load_pair(path, "B100")
     assert hr.shape == (3, 24, 28) and lr.shape == (3, 6, 7)
     sr = (hr + 0.03 * torch.randn(hr.shape, generator=g)).clamp(0, 1)
-    got = cmp.metrics(sr, hr, lr, path)
+    refs = ev.scoring_references(path, hr, lr, 4)
+    assert refs[0] is True and refs[1] is hr
+    got = cmp.metrics(sr, hr, refs)
     assert got == ev.image_metrics(sr, hr, 4, True, hr)
     assert got["psnr"] != ev.image_metrics(sr, hr, 4, False, hr)["psnr"]  # the rule matters on a grey file
     _, lr_only = cmp.load_pair(path, "RealSRSet")  # the file is the input: no ground truth
-    no_truth = cmp.metrics(torch.rand(3, 96, 112, generator=g), None, lr_only, path)
+    no_truth = cmp.metrics(torch.rand(3, 96, 112, generator=g), None, ev.scoring_references(path, None, lr_only, 4))
     assert "psnr" not in no_truth and "ssim" not in no_truth and no_truth["hf_ratio"] > 0

@@ -75,8 +75,8 @@ def check_sampler(name: object) -> str:
 
 def takes_presets(name: str | None) -> bool:
     """Whether the quality presets change what sampler ``name`` does (pgs, ddim; not the GRM
-    alone, the `real` default's sampler): the command refuses a --quality, and the web app
-    greys its preset out, where they would not."""
+    alone, the `real` default's sampler): `preset_for` refuses a preset named for one
+    where they would not, and the web app greys its preset radio out."""
     return name in SAMPLERS and SAMPLERS[name].presets
 
 
