@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from patchscaler.models.losses import DistillLoss, grm_loss, usm_sharpen, with_tone_of
+from patchscaler.models.losses import DistillLoss, flat_mask, grm_loss, usm_sharpen, with_tone_of
 from patchscaler.train.teacher_labels import LabelledBatches, list_shards
 
 
@@ -112,6 +112,46 @@ def test_lowpass_distill_leaves_fine_strokes_to_the_texture_terms():
     assert p_low["conf"] == p_plain["conf"] and p_low["l1"] == p_plain["l1"]
 
 
+def test_flat_mask_is_one_on_smooth_regions_and_zero_on_fine_detail():
+    yy, xx = torch.meshgrid(torch.arange(45.0), torch.arange(54.0), indexing="ij")
+    smooth = 0.5 + 0.2 * torch.sin(yy / 9) * torch.cos(xx / 11)  # tone and shading, no strokes
+    img = torch.stack([smooth, smooth * 0.9, 1 - smooth])[None]
+    img[..., :, 30:] += 0.08 * ((torch.arange(24) % 2).float() - 0.5)  # 1-px stripes of 20 levels on the right
+    m = flat_mask(img)
+    assert m.shape == (1, 1, 45, 54) and m.min() > 0 and m.max() <= 1
+    assert m[..., 10:35, :15].min() > 0.85  # smooth shading: flat
+    assert m[..., 10:35, 40:].max() < 0.01  # fine stripes: detail
+    assert torch.equal(flat_mask(img.double()), flat_mask(img.double()))  # any float dtype, deterministic
+
+
+def test_flat_term_charges_speckle_on_the_teachers_flat_regions_only():
+    """--flat-weight: speckle the low-pass L1 hardly sees costs full price where the teacher
+    is flat, and nothing where the teacher has detail of its own."""
+    from patchscaler.inference.codec import PixelUnshuffleCodec
+
+    codec = PixelUnshuffleCodec(4)
+    teacher = torch.full((1, 3, 40, 44), 0.5)
+    yy, xx = torch.meshgrid(torch.arange(40), torch.arange(44), indexing="ij")
+    teacher[..., 20:, :] += 0.1 * ((yy[20:] + xx[20:]) % 2 * 2 - 1).float()  # the bottom half textured
+    speckle = 0.1 * (((yy * 7 + xx * 3) % 5) / 2 - 1).float()  # the student's own fine pattern
+    conf = torch.full((1, 1, 10, 11), 0.5)
+    t0 = codec.encode(teacher)
+    low, flat = DistillLoss(1.0, 0.0, lowpass_sigma=1.5, scale=4), DistillLoss(1.0, 0.0, lowpass_sigma=1.5, scale=4, w_flat=2.0)
+    top = teacher.clone()
+    top[..., :10, :] += speckle[:10]  # 2.5 window sigmas from the textured half
+    bottom = teacher.clone()
+    bottom[..., 24:, :] += speckle[24:]
+    loss_top_low, _ = low(codec.encode(top), t0, t0, t0, conf)
+    loss_top, p_top = flat(codec.encode(top), t0, t0, t0, conf)
+    loss_bottom_low, _ = low(codec.encode(bottom), t0, t0, t0, conf)
+    loss_bottom, p_bottom = flat(codec.encode(bottom), t0, t0, t0, conf)
+    full = 2 * speckle[:10].abs().sum().item() * 3 / (40 * 44 * 3)  # latent units: 2x the HR difference
+    assert p_top["flat"] > 0.8 * full and torch.isclose(loss_top, loss_top_low + 2.0 * p_top["flat"])
+    assert p_bottom["flat"] < 0.05 * p_top["flat"] and loss_bottom - loss_bottom_low < 0.05 * (loss_top - loss_top_low)
+    _, p_none = low(codec.encode(top), t0, t0, t0, conf)
+    assert "flat" not in p_none  # off by default
+
+
 def test_teacher_tone_takes_the_truths_low_pass_and_keeps_the_teachers_strokes():
     g = torch.Generator().manual_seed(0)
     truth = torch.nn.functional.interpolate(torch.rand(2, 3, 6, 7, generator=g), size=(48, 56), mode="bilinear")
@@ -186,7 +226,7 @@ def test_trainer_distils_from_labels_and_resumes(tmp_path):
               "--batch", "2", "--lr-patch", "12", "--threads", "1", "--val-sets", "", "--warmup", "1",
               "--log-every", "1", "--no-bf16"]
     assert main(common + ["--total-steps", "3", "--clean-share", "0.5", "--clean-noise", "3", "--clean-jpeg", "80",
-                          "--teacher-tone", "4"]) == 0
+                          "--teacher-tone", "4", "--flat-weight", "0.5"]) == 0
     ck = torch.load(out / "last.pt", weights_only=False)
     assert ck["step"] == 3 and ck["args"]["degradation"] == "real" and ck["args"]["label_shards"] == 2
     log = (out / "metrics.log").read_text()
@@ -198,6 +238,7 @@ def test_trainer_distils_from_labels_and_resumes(tmp_path):
     ck = torch.load(out / "last.pt", weights_only=False)
     assert ck["step"] == 5 and ck["args"]["teacher_labels"] == str(labels) and ck["args"]["clean_share"] == 0.5
     assert ck["args"]["clean_noise"] == 3 and ck["args"]["clean_jpeg"] == 80 and ck["args"]["teacher_tone"] == 4
+    assert ck["args"]["flat_weight"] == 0.5 and " flat " in log
     assert "(noise sigma <= 3.0 levels) (JPEG quality >= 80)" in log
     assert "low-pass of sigma 4.0 HR px replaced by the ground truth's" in log
 
@@ -306,6 +347,8 @@ def test_adversarial_fine_tune_trains_and_resumes_its_discriminator(tmp_path):
     for bad, why in ((["--clean-share", "0.25"], "--teacher-labels"), (["--l1-lowpass", "1.5"], "--teacher-labels"),
                      (["--teacher-tone", "6"], "--teacher-labels"),
                      (["--teacher-labels", str(labels), "--teacher-tone", "-1"], ">= 0"),
+                     (["--flat-weight", "1"], "--teacher-labels"),
+                     (["--teacher-labels", str(labels), "--flat-weight", "-1"], ">= 0"),
                      (["--teacher-labels", str(labels), "--clean-share", "1.5"], "[0, 1]"),
                      (["--teacher-labels", str(labels), "--l1-lowpass", "-1"], ">= 0"),
                      (["--teacher-labels", str(labels), "--clean-noise", "3"], "need --clean-share"),

@@ -116,6 +116,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-tone", type=float, default=0.0, metavar="SIGMA",
                    help="with --teacher-labels: replace the teacher label's Gaussian low-pass of SIGMA HR pixels by the "
                    "ground truth's (0 = off): the teacher's texture with the true tone and colour (the teacher darkens)")
+    p.add_argument("--flat-weight", type=float, default=0.0, help="with --teacher-labels: full-band L1 to the teacher "
+                   "where the teacher's image is flat (models.losses.flat_mask; 0 = off): noise the student keeps as "
+                   "speckle on smooth petals and skin is charged there, textured regions keep the low-pass L1 alone")
     p.add_argument("--usm-weight", type=float, default=0.5, help="unsharp-mask amount of the ground-truth target")
     p.add_argument("--gan-weight", type=float, default=0.0, help="with --teacher-labels: adversarial term (0 = off; ~0.1)")
     p.add_argument("--ldl-weight", type=float, default=0.0, help="with --teacher-labels: LDL artefact-map term (~1)")
@@ -132,7 +135,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # What a resumed run keeps from its checkpoint unless the command line gives it again.
 RESUMED_SETTINGS = ("lr", "min_lr", "warmup", "total_steps", "ema", "lam", "eta", "bf16", "w_teacher", "w_gt",
-                    "usm_weight", "l1_lowpass", "teacher_tone", "gan_weight", "ldl_weight", "fft_weight", "feat_weight", "energy_weight", "d_lr")
+                    "usm_weight", "l1_lowpass", "teacher_tone", "flat_weight", "gan_weight", "ldl_weight", "fft_weight", "feat_weight", "energy_weight", "d_lr")
 
 
 def mix_clean(lr: torch.Tensor, teacher: torch.Tensor, hr: torch.Tensor, share: float, scale: int, seed: int,
@@ -341,12 +344,12 @@ def train(a: argparse.Namespace) -> GRM | None:
     if a.teacher_labels:
         a.degradation = "real"  # the labels are of real-degraded LR
     elif (a.gan_weight or a.ldl_weight or a.fft_weight or a.feat_weight or a.energy_weight or a.l1_lowpass
-          or a.clean_share or a.teacher_tone):
+          or a.clean_share or a.teacher_tone or a.flat_weight):
         raise SystemExit("--gan-weight/--ldl-weight/--fft-weight/--feat-weight/--energy-weight/--l1-lowpass/--clean-share/"
-                         "--teacher-tone need --teacher-labels (they fine-tune a distillation run)")
-    if not 0 <= a.clean_share <= 1 or a.l1_lowpass < 0 or a.teacher_tone < 0:
-        raise SystemExit(f"--clean-share must be in [0, 1], --l1-lowpass and --teacher-tone >= 0, got {a.clean_share}, "
-                         f"{a.l1_lowpass} and {a.teacher_tone}")
+                         "--teacher-tone/--flat-weight need --teacher-labels (they fine-tune a distillation run)")
+    if not 0 <= a.clean_share <= 1 or a.l1_lowpass < 0 or a.teacher_tone < 0 or a.flat_weight < 0:
+        raise SystemExit(f"--clean-share must be in [0, 1], --l1-lowpass, --teacher-tone and --flat-weight >= 0, got "
+                         f"{a.clean_share}, {a.l1_lowpass}, {a.teacher_tone} and {a.flat_weight}")
     if (a.clean_noise or a.clean_jpeg) and not a.clean_share:
         raise SystemExit("--clean-noise/--clean-jpeg degrade the clean share: they need --clean-share")
     if not 0 <= a.clean_noise <= 50 or not (a.clean_jpeg == 0 or 1 <= a.clean_jpeg <= 95):
@@ -428,7 +431,8 @@ def train(a: argparse.Namespace) -> GRM | None:
                 / len(it) for n, it in val.items()}
         log("val bicubic upsampling of the degraded LR: " + " ".join(f"{k}={v:.4f}" for k, v in base.items()))
     loss_fn = GRMLoss(a.lam, a.eta)
-    distill = DistillLoss(a.w_teacher, a.w_gt, a.lam, a.eta, lowpass_sigma=a.l1_lowpass, scale=cfg.scale) if a.teacher_labels else None
+    distill = DistillLoss(a.w_teacher, a.w_gt, a.lam, a.eta, lowpass_sigma=a.l1_lowpass, scale=cfg.scale,
+                          w_flat=a.flat_weight) if a.teacher_labels else None
     adversarial = AdversarialTerms(a.gan_weight, a.ldl_weight, a.fft_weight, a.d_channels, a.d_lr, a.bf16,
                                    feat=a.feat_weight, energy=a.energy_weight)
     if adversarial.active:
@@ -468,6 +472,7 @@ def train(a: argparse.Namespace) -> GRM | None:
             + (f", both on the difference blurred by sigma {a.l1_lowpass} HR px" if a.l1_lowpass else "")
             + (f"; the teacher's low-pass of sigma {a.teacher_tone} HR px replaced by the ground truth's"
                if a.teacher_tone else "")
+            + (f"; {a.flat_weight} x full-band L1(teacher) where the teacher is flat" if a.flat_weight else "")
             + (f"; {a.clean_share:.0%} of each batch clean bicubic LR with the HR as target" if a.clean_share else "")
             + (f" (noise sigma <= {a.clean_noise} levels)" if a.clean_noise else "")
             + (f" (JPEG quality >= {a.clean_jpeg})" if a.clean_jpeg else ""))
@@ -548,7 +553,7 @@ def train(a: argparse.Namespace) -> GRM | None:
                 adv_loss, adv_parts = adversarial.generator_loss(sr, sr_ema, t_img)
                 loss = loss + adv_loss
                 parts |= adv_parts
-            for k in ("l1_teacher", "gan", "ldl", "fft", "energy", "feat"):
+            for k in ("l1_teacher", "flat", "gan", "ldl", "fft", "energy", "feat"):
                 if k in parts:
                     meter[k] = meter.get(k, 0.0) + parts[k]
         opt.zero_grad(set_to_none=True)
@@ -574,7 +579,7 @@ def train(a: argparse.Namespace) -> GRM | None:
         if step % a.log_every == 0:
             dt = time.time() - t_log
             n = meter["n"]
-            to_teacher = "".join(f" {k} {meter[k] / n:.5f}" for k in ("l1_teacher", "gan", "ldl", "fft", "energy", "feat", "d_loss",
+            to_teacher = "".join(f" {k} {meter[k] / n:.5f}" for k in ("l1_teacher", "flat", "gan", "ldl", "fft", "energy", "feat", "d_loss",
                                                                          "d_real_acc", "d_fake_acc") if k in meter)
             log(
                 f"step {step} loss {meter['loss'] / n:.5f} l1 {meter['l1'] / n:.5f}{to_teacher} conf/eta {meter['conf'] / n:.3f} "
