@@ -118,7 +118,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "ground truth's (0 = off): the teacher's texture with the true tone and colour (the teacher darkens)")
     p.add_argument("--flat-weight", type=float, default=0.0, help="with --teacher-labels: full-band L1 to the teacher "
                    "where the teacher's image is flat (models.losses.flat_mask; 0 = off): noise the student keeps as "
-                   "speckle on smooth petals and skin is charged there, textured regions keep the low-pass L1 alone")
+                   "speckle on smooth petals and skin is charged there, textured regions keep the low-pass L1 alone; "
+                   "1 and 4 were tried on the shipped recipe and were no better)")
     p.add_argument("--usm-weight", type=float, default=0.5, help="unsharp-mask amount of the ground-truth target")
     p.add_argument("--gan-weight", type=float, default=0.0, help="with --teacher-labels: adversarial term (0 = off; ~0.1)")
     p.add_argument("--ldl-weight", type=float, default=0.0, help="with --teacher-labels: LDL artefact-map term (~1)")
