@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from patchscaler.inference.codec import PixelUnshuffleCodec
+
 __all__ = ["DistillLoss", "GRMLoss", "artifact_map_loss", "confidence_term", "flat_mask", "frequency_loss", "gan_loss",
            "texture_energy_loss", "grm_loss", "usm_sharpen", "with_tone_of"]
 
@@ -212,7 +214,7 @@ class DistillLoss:
                  "conf": conf_term.item() / self.eta}
         if self.w_flat > 0:
             t = t0.float()
-            mask = flat_mask(F.pixel_shuffle((t + 1) / 2, self.scale))  # the teacher's HR image
+            mask = flat_mask(PixelUnshuffleCodec(self.scale).decode(t))  # on the teacher's HR image
             flat = (mask * F.pixel_shuffle(y - t, self.scale).abs()).mean()
             loss = loss + self.w_flat * flat
             parts["flat"] = flat.item()
