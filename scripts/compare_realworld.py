@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import patchscaler  # noqa: E402
-from patchscaler.data.resize import bicubic_upscale  # noqa: E402
+from patchscaler.data.resize import bicubic_upscale, quantize  # noqa: E402
 from patchscaler.eval import image_metrics, scoring_references  # noqa: E402
 from patchscaler.eval import load_pair as eval_load_pair  # noqa: E402
 
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.inference_mode():
                     sr, stats = fn(lr)
                 sec = time.perf_counter() - t0
-                sr = (sr.float().clamp(0, 1) * 255).round() / 255  # uint8 levels, as eval.py scores
+                sr = quantize(sr.float())  # uint8 levels by eval.py's rounding rule
                 row[m] = {**metrics(sr, hr, refs), **stats, "seconds": sec}
             per_image.append(row)
             body["files"].append(path.name)
